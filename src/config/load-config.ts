@@ -1,0 +1,98 @@
+// Read the YAML file, fill defaults and validate with the shared schemas (SPEC §2). Every
+// problem is reported with its path in the file; after this the config is frozen.
+import { readFile } from 'node:fs/promises'
+import ipaddr from 'ipaddr.js'
+import { parseDocument } from 'yaml'
+import { ConfigError } from '../errors.ts'
+import { deepFreeze } from '../control/model.ts'
+import { ConfigSchema, type Config } from '../control/schemas.ts'
+import { check } from '../control/validation.ts'
+
+export type { Config }
+
+export async function loadConfigFile (file: string): Promise<Config> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`])
+  }
+  return parseConfig(text, file)
+}
+
+export function parseConfig (text: string, file = '<config>'): Config {
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true })
+  if (doc.errors.length > 0) {
+    throw new ConfigError(file, doc.errors.map((e) => `YAML: ${e.message.split('\n')[0] ?? e.message}`))
+  }
+  const raw: unknown = doc.toJS() ?? {}
+  return resolveConfig(raw, file)
+}
+
+/** Defaults + schema + cross-field rules. `raw` is modified (defaults filled); the result is frozen. */
+export function resolveConfig (raw: unknown, file = '<config>'): Config {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigError(file, ['(root): must be a mapping of keys (got ' + (Array.isArray(raw) ? 'a list' : typeof raw) + ')'])
+  }
+  const errors = check(ConfigSchema, raw)
+  if (errors.length > 0) throw new ConfigError(file, errors)
+  const config = raw as Config
+  const more = crossCheck(config)
+  if (more.length > 0) throw new ConfigError(file, more)
+  return deepFreeze(config)
+}
+
+function duplicates<T> (items: readonly T[], key: (item: T) => string, path: (i: number) => string, what: string): string[] {
+  const seen = new Map<string, number>()
+  const out: string[] = []
+  items.forEach((item, i) => {
+    const k = key(item)
+    const first = seen.get(k)
+    if (first === undefined) seen.set(k, i)
+    else out.push(`${path(i)}: duplicate ${what} ${JSON.stringify(k)} (first at ${path(first)})`)
+  })
+  return out
+}
+
+function crossCheck (c: Config): string[] {
+  const errors: string[] = []
+  errors.push(...duplicates(c.zones, (z) => z, (i) => `zones[${i}]`, 'zone'))
+  errors.push(...duplicates(c.subnets, (s) => s.id, (i) => `subnets[${i}].id`, 'subnet id'))
+  errors.push(...duplicates(c.accounts, (a) => a.id, (i) => `accounts[${i}].id`, 'account id'))
+  errors.push(...duplicates(c.accounts, (a) => a.token, (i) => `accounts[${i}].token`, 'token'))
+  errors.push(...duplicates(c.services, (s) => s.id, (i) => `services[${i}].id`, 'service id'))
+  errors.push(...duplicates(c.endpoints, (e) => e.id, (i) => `endpoints[${i}].id`, 'endpoint id'))
+  const zones = new Set(c.zones)
+  const parsed: Array<[ipaddr.IPv4 | ipaddr.IPv6, number] | undefined> = []
+  c.subnets.forEach((s, i) => {
+    if (!zones.has(s.zone)) errors.push(`subnets[${i}].zone: unknown zone ${JSON.stringify(s.zone)} (configured: ${c.zones.join(', ')})`)
+    const cidr = ipaddr.parseCIDR(s.cidr)
+    const network = ipaddr.IPv4.isIPv4(s.cidr.split('/')[0] ?? '')
+      ? ipaddr.IPv4.networkAddressFromCIDR(s.cidr)
+      : ipaddr.IPv6.networkAddressFromCIDR(s.cidr)
+    if (network.toString() !== cidr[0].toString()) {
+      errors.push(`subnets[${i}].cidr: ${s.cidr} has host bits set (did you mean ${network.toString()}/${cidr[1]}?)`)
+    }
+    for (let j = 0; j < i; j++) {
+      const other = parsed[j]
+      if (other === undefined || other[0].kind() !== cidr[0].kind()) continue
+      if (cidr[0].match(other) || (other[0] as ipaddr.IPv4).match(cidr as [ipaddr.IPv4, number])) {
+        errors.push(`subnets[${i}].cidr: ${s.cidr} overlaps subnets[${j}] (${c.subnets[j]?.cidr})`)
+      }
+    }
+    parsed.push(cidr)
+  })
+  const accounts = new Set(c.accounts.map((a) => a.id))
+  c.services.forEach((s, i) => {
+    if (!accounts.has(s.ownerAccountId)) errors.push(`services[${i}].ownerAccountId: unknown account ${s.ownerAccountId}`)
+  })
+  c.endpoints.forEach((e, i) => {
+    if (!accounts.has(e.ownerAccountId)) errors.push(`endpoints[${i}].ownerAccountId: unknown account ${e.ownerAccountId}`)
+  })
+  return errors
+}
+
+/** A full config from a partial one: for tests and embedding. */
+export function buildConfig (partial: Record<string, unknown> = {}): Config {
+  return resolveConfig(structuredClone(partial))
+}

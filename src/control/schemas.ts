@@ -1,0 +1,170 @@
+// One schema per object (STYLE habit 2), shared by the config file and the API bodies.
+// Defaults live here; `additionalProperties: false` everywhere, so an unknown field is named.
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+
+/** A string enum as plain JSON Schema `enum`, so the error reads "must be one of TCP, UDP". */
+const StringEnum = <const T extends readonly string[]>(values: T, options: object = {}) =>
+  Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options })
+
+const strict = { additionalProperties: false } as const
+
+export const Port = Type.Integer({ minimum: 1, maximum: 65535 })
+export const IpAddress = Type.String({ format: 'ip' })
+export const Cidr = Type.String({ format: 'cidr' })
+export const AccountId = Type.String({ pattern: '^[0-9]{12}$' })
+export const ServiceId = Type.String({ pattern: '^vpcesvc-[0-9a-f]{12}$' })
+export const EndpointId = Type.String({ pattern: '^vpce-[0-9a-f]{12}$' })
+export const BackendId = Type.String({ pattern: '^be-[0-9a-f]{8}$' })
+export const Zone = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,31}$' })
+
+export const PortMappingSchema = Type.Object({
+  protocol: StringEnum(['TCP', 'UDP'] as const),
+  servicePort: Port,
+  terminalPort: Port
+}, strict)
+
+export const BackendInput = Type.Object({
+  id: Type.Optional(BackendId),
+  address: IpAddress,
+  zone: Zone,
+  weight: Type.Integer({ minimum: 0, maximum: 100, default: 100 })
+}, strict)
+
+export const BackendPatch = Type.Object({
+  weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 100 })),
+  zone: Type.Optional(Zone)
+}, strict)
+
+const healthCheckFields = {
+  enabled: Type.Boolean({ default: true }),
+  protocol: StringEnum(['TCP', 'HTTP'] as const, { default: 'TCP' }),
+  port: Type.Optional(Port),
+  path: Type.String({ pattern: '^/[\\x21-\\x7e]*$', maxLength: 1024, default: '/' }),
+  // Fractions are allowed so tests and aggressive setups can probe faster than once a second.
+  intervalSeconds: Type.Number({ minimum: 0.1, maximum: 300, default: 2 }),
+  timeoutSeconds: Type.Number({ minimum: 0.05, maximum: 120, default: 1 }),
+  healthyThreshold: Type.Integer({ minimum: 1, maximum: 10, default: 2 }),
+  unhealthyThreshold: Type.Integer({ minimum: 1, maximum: 10, default: 3 })
+}
+export const HealthCheckInput = Type.Object(healthCheckFields, strict)
+/** PATCH: only the named fields change; the rest keep their current values. */
+export const HealthCheckPatch = Type.Object({
+  enabled: Type.Optional(healthCheckFields.enabled),
+  protocol: Type.Optional(healthCheckFields.protocol),
+  port: Type.Optional(Port),
+  path: Type.Optional(healthCheckFields.path),
+  intervalSeconds: Type.Optional(healthCheckFields.intervalSeconds),
+  timeoutSeconds: Type.Optional(healthCheckFields.timeoutSeconds),
+  healthyThreshold: Type.Optional(healthCheckFields.healthyThreshold),
+  unhealthyThreshold: Type.Optional(healthCheckFields.unhealthyThreshold)
+}, strict)
+
+export const AllowedAccount = Type.String({ pattern: '^([0-9]{12}|\\*)$' })
+
+const serviceFields = {
+  name: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,16}$' })),
+  acceptanceRequired: Type.Boolean({ default: false }),
+  sameZonePreferred: Type.Boolean({ default: true }),
+  portMappings: Type.Array(PortMappingSchema, { minItems: 1 }),
+  backends: Type.Array(BackendInput, { default: [] }),
+  healthCheck: Type.Object(healthCheckFields, { ...strict, default: {} }),
+  allowedAccounts: Type.Array(AllowedAccount, { default: [] })
+}
+export const ServiceCreate = Type.Object(serviceFields, strict)
+
+export const ServicePatch = Type.Object({
+  acceptanceRequired: Type.Optional(Type.Boolean()),
+  sameZonePreferred: Type.Optional(Type.Boolean()),
+  healthCheck: Type.Optional(HealthCheckPatch),
+  // Immutable after creation: accepted by the schema so the rules can answer 409, not 400.
+  portMappings: Type.Optional(Type.Unknown()),
+  name: Type.Optional(Type.Unknown())
+}, strict)
+
+export const BackendList = Type.Array(BackendInput)
+
+export const AllowedAccountBody = Type.Object({ accountId: AllowedAccount }, strict)
+
+const endpointFields = {
+  serviceId: Type.Optional(ServiceId),
+  serviceName: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  subnetId: Type.String({ minLength: 1, maxLength: 64 }),
+  ip: Type.Optional(IpAddress),
+  privateDns: Type.Boolean({ default: true }),
+  allowedSources: Type.Array(Cidr, { maxItems: 64, default: ['0.0.0.0/0', '::/0'] })
+}
+export const EndpointCreate = Type.Object(endpointFields, strict)
+
+export const EndpointPatch = Type.Object({
+  allowedSources: Type.Optional(Type.Array(Cidr, { maxItems: 64 })),
+  privateDns: Type.Optional(Type.Boolean())
+}, strict)
+
+// ---- the config file (SPEC §2) ----
+const HostPort = Type.String({ format: 'hostport' })
+const Subnet = Type.Object({ id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }), cidr: Cidr, zone: Zone }, strict)
+const Account = Type.Object({
+  id: AccountId,
+  name: Type.String({ minLength: 1, maxLength: 64 }),
+  token: Type.String({ minLength: 8, maxLength: 512 })
+}, strict)
+
+export const ConfigSchema = Type.Object({
+  region: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,31}$', default: 'local-1' }),
+  listen: Type.Object({
+    api: Type.String({ format: 'hostport', default: '127.0.0.1:8480' }),
+    dns: Type.String({ format: 'hostport', default: '127.0.0.1:5353' })
+  }, { ...strict, default: {} }),
+  stateDir: Type.String({ minLength: 1, default: '.linkgate' }),
+  dns: Type.Object({
+    suffix: Type.String({ format: 'dns-suffix', default: 'privatelink.internal' }),
+    ttl: Type.Integer({ minimum: 0, maximum: 86400, default: 30 }),
+    upstreams: Type.Array(HostPort, { maxItems: 8, default: [] })
+  }, { ...strict, default: {} }),
+  zones: Type.Array(Zone, { minItems: 1, default: ['zone-a', 'zone-b'] }),
+  subnets: Type.Array(Subnet, {
+    default: [
+      { id: 'subnet-a', cidr: '127.10.1.0/24', zone: 'zone-a' },
+      { id: 'subnet-b', cidr: '127.10.2.0/24', zone: 'zone-b' }
+    ]
+  }),
+  accounts: Type.Array(Account, {
+    default: [
+      { id: '100000000001', name: 'provider', token: 'provider-dev-token' },
+      { id: '100000000002', name: 'consumer', token: 'consumer-dev-token' }
+    ]
+  }),
+  quotas: Type.Object({
+    servicesPerAccount: Type.Integer({ minimum: 0, maximum: 100000, default: 20 }),
+    endpointsPerAccount: Type.Integer({ minimum: 0, maximum: 100000, default: 50 }),
+    portMappingsPerService: Type.Integer({ minimum: 1, maximum: 1000, default: 50 })
+  }, { ...strict, default: {} }),
+  limits: Type.Object({
+    maxConnectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 1000000, default: 3000 }),
+    connectTimeoutMs: Type.Integer({ minimum: 1, maximum: 60000, default: 3000 }),
+    tcpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 350 }),
+    udpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 120 }),
+    shutdownGraceSeconds: Type.Number({ minimum: 0, maximum: 3600, default: 10 })
+  }, { ...strict, default: {} }),
+  services: Type.Array(Type.Object({ id: ServiceId, ownerAccountId: AccountId, ...serviceFields }, strict), { default: [] }),
+  endpoints: Type.Array(Type.Object({ id: EndpointId, ownerAccountId: AccountId, ...endpointFields }, strict), { default: [] }),
+  demo: Type.Boolean({ default: false }),
+  // Extensions beyond SPEC §2 (README "Configuration"): logging and the per-connection access log.
+  log: Type.Object({
+    level: StringEnum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, { default: 'info' }),
+    /** `off`, `stdout`, `stderr`, or a file path: one JSON line per finished TCP connection / UDP flow. */
+    access: Type.String({ minLength: 1, default: 'off' })
+  }, { ...strict, default: {} })
+}, strict)
+
+export type ServiceCreateInput = Static<typeof ServiceCreate>
+export type ServicePatchInput = Static<typeof ServicePatch>
+export type BackendInputT = Static<typeof BackendInput>
+export type BackendPatchInput = Static<typeof BackendPatch>
+export type EndpointCreateInput = Static<typeof EndpointCreate>
+export type EndpointPatchInput = Static<typeof EndpointPatch>
+export type HealthCheckPatchInput = Static<typeof HealthCheckPatch>
+export type Config = Static<typeof ConfigSchema>
+export type ConfigService = Config['services'][number]
+export type ConfigEndpoint = Config['endpoints'][number]
+export type { TSchema }

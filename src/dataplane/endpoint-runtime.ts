@@ -1,0 +1,169 @@
+// Everything the proxies of one accepted endpoint share: its current endpoint and service
+// records, the service's balancer, the live-connection count that `maxConnectionsPerEndpoint`
+// bounds (TCP connections and UDP flows together), the parsed `allowedSources`, and the cached
+// metric children and plain-number byte counters (STYLE habits 9 and 10).
+import { isIPv4 } from 'node:net'
+import ipaddr from 'ipaddr.js'
+import type { Counter, Gauge } from 'prom-client'
+import type { Endpoint, EndpointService, Protocol } from '../control/model.ts'
+import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
+import type { ServiceBalancer } from './upstream/balancer.ts'
+
+/** A labelled child of a metric, as `.labels()` returns it; cached so the hot path never hashes labels. */
+type Child<M extends { labels: (...args: never[]) => unknown }> = ReturnType<M['labels']>
+type Range = [ipaddr.IPv4 | ipaddr.IPv6, number]
+
+/** Byte and connection counters of one protocol, as plain numbers, published at scrape time. */
+export class ProtocolStats {
+  bytesToBackend = 0
+  bytesToClient = 0
+  #publishedToBackend = 0
+  #publishedToClient = 0
+  active = 0
+  readonly #toBackend: Child<Metrics['bytesTotal']>
+  readonly #toClient: Child<Metrics['bytesTotal']>
+  readonly #active: Child<Metrics['activeConnections']>
+
+  constructor (metrics: Metrics, endpointId: string, serviceId: string, protocol: Protocol) {
+    const labels = { endpoint_id: endpointId, service_id: serviceId, protocol }
+    this.#toBackend = metrics.bytesTotal.labels({ ...labels, direction: 'client_to_backend' })
+    this.#toClient = metrics.bytesTotal.labels({ ...labels, direction: 'backend_to_client' })
+    this.#active = metrics.activeConnections.labels(labels)
+    this.#active.set(0)
+  }
+
+  publish (): void {
+    if (this.bytesToBackend !== this.#publishedToBackend) {
+      this.#toBackend.inc(this.bytesToBackend - this.#publishedToBackend)
+      this.#publishedToBackend = this.bytesToBackend
+    }
+    if (this.bytesToClient !== this.#publishedToClient) {
+      this.#toClient.inc(this.bytesToClient - this.#publishedToClient)
+      this.#publishedToClient = this.bytesToClient
+    }
+    this.#active.set(this.active)
+  }
+}
+
+export class EndpointRuntime {
+  endpoint: Endpoint
+  service: EndpointService
+  readonly balancer: ServiceBalancer
+  /** Live TCP connections + UDP flows of this endpoint. */
+  active = 0
+  readonly tcp: ProtocolStats
+  readonly udp: ProtocolStats
+  readonly #metrics: Metrics
+  readonly #refused = new Map<RefusalReason, Child<Metrics['connectionsRefusedTotal']>>()
+  #sources: Range[] = []
+  #allowAll4 = false
+  #allowAll6 = false
+  readonly #unhook: () => void
+
+  constructor (endpoint: Endpoint, service: EndpointService, balancer: ServiceBalancer, metrics: Metrics) {
+    this.endpoint = endpoint
+    this.service = service
+    this.balancer = balancer
+    this.#metrics = metrics
+    this.tcp = new ProtocolStats(metrics, endpoint.id, service.id, 'TCP')
+    this.udp = new ProtocolStats(metrics, endpoint.id, service.id, 'UDP')
+    this.#parseSources()
+    this.#unhook = metrics.beforeScrape(() => {
+      this.tcp.publish()
+      this.udp.publish()
+    })
+  }
+
+  get id (): string {
+    return this.endpoint.id
+  }
+
+  get zone (): string {
+    return this.endpoint.zone
+  }
+
+  update (endpoint: Endpoint, service: EndpointService): void {
+    const sourcesChanged = endpoint.allowedSources !== this.endpoint.allowedSources
+    this.endpoint = endpoint
+    this.service = service
+    if (sourcesChanged) this.#parseSources()
+  }
+
+  stats (protocol: Protocol): ProtocolStats {
+    return protocol === 'TCP' ? this.tcp : this.udp
+  }
+
+  /** Is a client at `address` (as node reports it, IPv4-mapped IPv6 included) inside `allowedSources`? */
+  sourceAllowed (address: string): boolean {
+    if (isIPv4(address)) {
+      if (this.#allowAll4) return true
+    } else if (this.#allowAll6 && !address.startsWith('::ffff:')) {
+      return true
+    }
+    let addr: ipaddr.IPv4 | ipaddr.IPv6
+    try {
+      addr = ipaddr.process(address)
+    } catch {
+      return false
+    }
+    if (addr.kind() === 'ipv4' && this.#allowAll4) return true
+    for (const range of this.#sources) {
+      if (range[0].kind() === addr.kind() && addr.match(range)) return true
+    }
+    return false
+  }
+
+  /** Take a connection slot; false when `limit` live connections already exist. */
+  tryAcquire (limit: number): boolean {
+    if (this.active >= limit) return false
+    this.active++
+    return true
+  }
+
+  release (): void {
+    this.active--
+  }
+
+  refused (reason: RefusalReason): void {
+    let child = this.#refused.get(reason)
+    if (child === undefined) {
+      child = this.#metrics.connectionsRefusedTotal.labels({ endpoint_id: this.endpoint.id, reason })
+      this.#refused.set(reason, child)
+    }
+    child.inc()
+  }
+
+  /** Stop publishing and drop this endpoint's series (a deleted endpoint leaves no stale series). */
+  dispose (): void {
+    this.tcp.publish()
+    this.udp.publish()
+    this.#unhook()
+    const m = this.#metrics
+    for (const metric of [m.bytesTotal, m.activeConnections, m.connectionsTotal, m.connectionsRefusedTotal]) {
+      for (const labels of seriesOf(metric, this.endpoint.id)) (metric as Counter<string>).remove(labels)
+    }
+  }
+
+  #parseSources (): void {
+    this.#sources = []
+    this.#allowAll4 = false
+    this.#allowAll6 = false
+    for (const cidr of this.endpoint.allowedSources) {
+      const range = ipaddr.parseCIDR(cidr)
+      if (range[1] === 0) {
+        if (range[0].kind() === 'ipv4') this.#allowAll4 = true
+        else this.#allowAll6 = true
+      }
+      this.#sources.push(range)
+    }
+  }
+}
+
+/**
+ * Label sets of a metric's series that belong to one endpoint. prom-client has no public
+ * synchronous listing of a metric's children, so this reads its `hashMap` (stable since v11).
+ */
+function seriesOf (metric: Counter<string> | Gauge<string>, endpointId: string): Array<Record<string, string>> {
+  const hashMap = (metric as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap
+  return Object.values(hashMap ?? {}).map((v) => v.labels).filter((l) => l.endpoint_id === endpointId)
+}

@@ -1,0 +1,98 @@
+// Metric definitions (SPEC §7). The Registry is passed in (STYLE habit 9), never the global one,
+// so two apps in one test never collide.
+//
+// Hot-path counting: the data plane keeps plain numbers (bytes per chunk, datagrams) on objects
+// it already holds, and publishes them through `beforeScrape` hooks, which run once per scrape.
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
+
+export interface Metrics {
+  readonly registry: Registry
+  readonly connectionsTotal: Counter<'endpoint_id' | 'service_id' | 'protocol' | 'terminal_port'>
+  readonly activeConnections: Gauge<'endpoint_id' | 'service_id' | 'protocol'>
+  readonly connectionsRefusedTotal: Counter<'endpoint_id' | 'reason'>
+  readonly bytesTotal: Counter<'endpoint_id' | 'service_id' | 'protocol' | 'direction'>
+  readonly backendUp: Gauge<'service_id' | 'backend_id' | 'address' | 'zone'>
+  readonly backendConnectionsTotal: Counter<'service_id' | 'backend_id' | 'zone'>
+  readonly backendConnectDuration: Histogram<'service_id'>
+  readonly dnsQueriesTotal: Counter<'qtype' | 'rcode'>
+  readonly apiRequestsTotal: Counter<'method' | 'route' | 'status'>
+  /** Register a function run at the start of every scrape, to publish plain-number counters. */
+  beforeScrape (hook: () => void): () => void
+}
+
+export type RefusalReason = 'limit' | 'source' | 'no_backend' | 'connect_failed'
+
+export function createMetrics (registry: Registry, options: { defaultMetrics?: boolean } = {}): Metrics {
+  const hooks = new Set<() => void>()
+  const runHooks = (): void => {
+    for (const hook of hooks) hook()
+  }
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry })
+
+  // prom-client collects metrics in registration order; the first one runs the hooks so every
+  // metric of this scrape sees the published numbers.
+  const connectionsTotal = new Counter({
+    name: 'linkgate_connections_total',
+    help: 'TCP connections admitted and UDP flows created, per endpoint listener.',
+    labelNames: ['endpoint_id', 'service_id', 'protocol', 'terminal_port'] as const,
+    registers: [registry],
+    collect: runHooks
+  })
+  return {
+    registry,
+    connectionsTotal,
+    activeConnections: new Gauge({
+      name: 'linkgate_active_connections',
+      help: 'Live TCP connections and UDP flows per endpoint.',
+      labelNames: ['endpoint_id', 'service_id', 'protocol'] as const,
+      registers: [registry]
+    }),
+    connectionsRefusedTotal: new Counter({
+      name: 'linkgate_connections_refused_total',
+      help: 'Connections and flows refused, by reason: limit, source, no_backend, connect_failed.',
+      labelNames: ['endpoint_id', 'reason'] as const,
+      registers: [registry]
+    }),
+    bytesTotal: new Counter({
+      name: 'linkgate_bytes_total',
+      help: 'Payload bytes forwarded, by direction: client_to_backend, backend_to_client.',
+      labelNames: ['endpoint_id', 'service_id', 'protocol', 'direction'] as const,
+      registers: [registry]
+    }),
+    backendUp: new Gauge({
+      name: 'linkgate_backend_up',
+      help: 'Backend health: 1 healthy or unknown, 0 unhealthy.',
+      labelNames: ['service_id', 'backend_id', 'address', 'zone'] as const,
+      registers: [registry]
+    }),
+    backendConnectionsTotal: new Counter({
+      name: 'linkgate_backend_connections_total',
+      help: 'Connections and flows sent to each backend.',
+      labelNames: ['service_id', 'backend_id', 'zone'] as const,
+      registers: [registry]
+    }),
+    backendConnectDuration: new Histogram({
+      name: 'linkgate_backend_connect_duration_seconds',
+      help: 'Time to establish a TCP connection to a backend.',
+      labelNames: ['service_id'] as const,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry]
+    }),
+    dnsQueriesTotal: new Counter({
+      name: 'linkgate_dns_queries_total',
+      help: 'DNS queries answered by the embedded server, by query type and response code.',
+      labelNames: ['qtype', 'rcode'] as const,
+      registers: [registry]
+    }),
+    apiRequestsTotal: new Counter({
+      name: 'linkgate_api_requests_total',
+      help: 'Control API requests, by method, route template and status.',
+      labelNames: ['method', 'route', 'status'] as const,
+      registers: [registry]
+    }),
+    beforeScrape (hook) {
+      hooks.add(hook)
+      return () => { hooks.delete(hook) }
+    }
+  }
+}
