@@ -1,7 +1,6 @@
 // Ajv compiled once per schema; errors turned into "path.to[2].field: what is wrong (got X)".
 import { isIP } from 'node:net'
 import AjvModule, { type ErrorObject, type ValidateFunction } from 'ajv'
-import ipaddr from 'ipaddr.js'
 import type { TSchema } from '@sinclair/typebox'
 import { invalidParameter } from '../errors.ts'
 
@@ -114,8 +113,4 @@ export function validate<T> (schema: TSchema, value: unknown, prefix = ''): T {
   const errors = check(schema, value, prefix)
   if (errors.length > 0) throw invalidParameter(errors.join('; '))
   return value as T
-}
-
-export function normalizeIp (ip: string): string {
-  return ipaddr.parse(ip).toString()
 }

@@ -1,0 +1,569 @@
+// The control plane's rules (SPEC §3, §4): ownership, naming, quotas, acceptance, IP allocation.
+// Bodies are validated at the edge with the shared schemas; every change goes through one
+// store transaction, so a refused request changes nothing and an accepted one is on disk
+// before it is acknowledged.
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import {
+  conflict, forbidden, invalidParameter, notFound, quotaExceeded, unauthorized
+} from '../errors.ts'
+import { endpointDnsNames } from './dns-names.ts'
+import { allocateIp, normalizeIp } from './ip-allocation.ts'
+import {
+  endpointTransitions, type Backend, type ChangeEvent, type Endpoint, type EndpointService,
+  type EndpointStatus, type HealthCheck, type HealthSource, type PortMapping
+} from './model.ts'
+import {
+  AllowedAccountBody, BackendInput, BackendList, BackendPatch, EndpointCreate, EndpointPatch, ServiceCreate, ServicePatch,
+  type BackendInputT, type BackendPatchInput, type Config, type ConfigEndpoint, type ConfigService,
+  type EndpointCreateInput, type EndpointPatchInput, type ServiceCreateInput, type ServicePatchInput
+} from './schemas.ts'
+import type { Draft, Store } from './store.ts'
+import { validate } from './validation.ts'
+
+export interface Caller {
+  readonly id: string
+  readonly name: string
+}
+
+export type BackendView = Backend & { health: ReturnType<HealthSource['backendHealth']> }
+export type ServiceView = Omit<EndpointService, 'backends'> & { backends: BackendView[] }
+
+export interface ConnectionView {
+  id: string
+  ownerAccountId: string
+  status: EndpointStatus
+  ip: string
+  zone: string
+  subnetId: string
+  createdAt: string
+}
+
+/** What a consumer sees of a service it may connect to: no backends, no allow-list. */
+export interface AvailableServiceView {
+  id: string
+  name?: string
+  serviceName: string
+  ownerAccountId: string
+  acceptanceRequired: boolean
+  portMappings: readonly PortMapping[]
+  zones: string[]
+}
+
+const at = (prefix: string, field: string): string => (prefix === '' ? field : `${prefix}.${field}`)
+
+function newId (prefix: string, bytes: number, taken: Readonly<Record<string, unknown>>): string {
+  for (;;) {
+    const id = prefix + randomBytes(bytes).toString('hex')
+    if (!(id in taken)) return id
+  }
+}
+
+const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest()
+
+export class ControlPlane {
+  readonly #config: Config
+  readonly #store: Store
+  #health: HealthSource = { backendHealth: () => 'unknown' }
+  readonly #tokens: ReadonlyArray<{ digest: Buffer, caller: Caller }>
+  readonly #subnets: ReadonlyMap<string, Config['subnets'][number]>
+  readonly #zones: ReadonlySet<string>
+
+  constructor (config: Config, store: Store) {
+    this.#config = config
+    this.#store = store
+    this.#tokens = config.accounts.map((a) => ({ digest: sha256(a.token), caller: { id: a.id, name: a.name } }))
+    this.#subnets = new Map(config.subnets.map((s) => [s.id, s]))
+    this.#zones = new Set(config.zones)
+  }
+
+  /** The data plane's health checker, once it exists (app wiring). */
+  setHealthSource (health: HealthSource): void {
+    this.#health = health
+  }
+
+  // ---- authentication ----
+
+  /**
+   * `Authorization: Bearer <token>` → the account. Tokens are compared as SHA-256 digests with
+   * timingSafeEqual against every account, so neither the length nor the position of a match leaks.
+   */
+  authenticate (header: string | undefined): Caller {
+    const m = header === undefined ? null : /^Bearer ([\x21-\x7e]+)$/.exec(header)
+    if (m === null) throw unauthorized()
+    const digest = sha256(m[1] as string)
+    let found: Caller | undefined
+    for (const { digest: known, caller } of this.#tokens) {
+      if (timingSafeEqual(digest, known)) found = caller
+    }
+    if (found === undefined) throw unauthorized('Authorization: unknown bearer token')
+    return found
+  }
+
+  // ---- endpoint services (provider) ----
+
+  serviceView (svc: EndpointService): ServiceView {
+    return { ...svc, backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
+  }
+
+  listServices (caller: Caller): ServiceView[] {
+    return Object.values(this.#store.state.services)
+      .filter((s) => s.ownerAccountId === caller.id)
+      .map((s) => this.serviceView(s))
+  }
+
+  getService (caller: Caller, id: string): ServiceView {
+    return this.serviceView(this.#ownService(this.#store.state, caller, id))
+  }
+
+  async createService (caller: Caller, body: unknown): Promise<ServiceView> {
+    const input = validate<ServiceCreateInput>(ServiceCreate, body)
+    const svc = await this.#store.transact((draft) => {
+      const owned = Object.values(draft.services).filter((s) => s.ownerAccountId === caller.id).length
+      const quota = this.#config.quotas.servicesPerAccount
+      if (owned >= quota) {
+        throw quotaExceeded(`servicesPerAccount: account ${caller.id} already has ${owned} endpoint services (quota ${quota})`)
+      }
+      const id = newId('vpcesvc-', 6, draft.services)
+      const created = this.#buildService(id, caller.id, input, '', new Date().toISOString())
+      draft.services[id] = created
+      return { result: created, events: [{ kind: 'service', action: 'created', id }] }
+    })
+    return this.serviceView(svc)
+  }
+
+  async patchService (caller: Caller, id: string, body: unknown): Promise<ServiceView> {
+    const input = validate<ServicePatchInput>(ServicePatch, body)
+    const svc = await this.#store.transact((draft) => {
+      const current = this.#ownService(draft, caller, id)
+      if (input.portMappings !== undefined) throw conflict('portMappings: immutable after creation; create a new endpoint service')
+      if (input.name !== undefined) throw conflict('name: immutable after creation (it is part of serviceName)')
+      const healthCheck = input.healthCheck === undefined
+        ? current.healthCheck
+        : this.#checkHealth({ ...current.healthCheck, ...input.healthCheck }, current.portMappings, 'healthCheck')
+      const next: EndpointService = {
+        ...current,
+        acceptanceRequired: input.acceptanceRequired ?? current.acceptanceRequired,
+        sameZonePreferred: input.sameZonePreferred ?? current.sameZonePreferred,
+        healthCheck
+      }
+      draft.services[id] = next
+      return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
+    })
+    return this.serviceView(svc)
+  }
+
+  async deleteService (caller: Caller, id: string): Promise<void> {
+    await this.#store.transact((draft) => {
+      this.#ownService(draft, caller, id)
+      const endpoints = Object.values(draft.endpoints).filter((e) => e.serviceId === id)
+      const live = endpoints.filter((e) => e.status === 'accepted' || e.status === 'creating')
+      if (live.length > 0) {
+        throw conflict(`id: endpoint service ${id} has ${live.length} accepted endpoint(s) (${live.map((e) => e.id).join(', ')}); reject or delete them first`)
+      }
+      delete draft.services[id]
+      const events: ChangeEvent[] = [{ kind: 'service', action: 'deleted', id }]
+      // Endpoints left behind (pending, rejected) can never connect again: fail them with the reason.
+      for (const ep of endpoints) {
+        if (ep.status === 'failed') continue
+        draft.endpoints[ep.id] = { ...ep, status: 'failed', statusReason: `endpoint service ${id} was deleted`, dnsNames: [] }
+        events.push({ kind: 'endpoint', action: 'updated', id: ep.id })
+      }
+      return { result: undefined, events }
+    })
+  }
+
+  // ---- backends ----
+
+  async replaceBackends (caller: Caller, id: string, body: unknown): Promise<BackendView[]> {
+    const input = validate<BackendInputT[]>(BackendList, body)
+    const svc = await this.#updateService(caller, id, (current) => ({
+      ...current, backends: this.#buildBackends(input, 'body', current.backends)
+    }))
+    return this.serviceView(svc).backends
+  }
+
+  async addBackend (caller: Caller, id: string, body: unknown): Promise<BackendView> {
+    const input = validate<BackendInputT>(BackendInput, body)
+    let added: Backend | undefined
+    const svc = await this.#updateService(caller, id, (current) => {
+      const [backend] = this.#buildBackends([input], '', [], current.backends)
+      added = backend
+      return { ...current, backends: [...current.backends, backend as Backend] }
+    })
+    return this.serviceView(svc).backends.find((b) => b.id === added?.id) as BackendView
+  }
+
+  async patchBackend (caller: Caller, id: string, backendId: string, body: unknown): Promise<BackendView> {
+    const input = validate<BackendPatchInput>(BackendPatch, body)
+    const svc = await this.#updateService(caller, id, (current) => {
+      const index = this.#backendIndex(current, backendId)
+      if (input.zone !== undefined) this.#checkZone(input.zone, 'zone')
+      const backends = [...current.backends]
+      backends[index] = { ...(backends[index] as Backend), ...input }
+      return { ...current, backends }
+    })
+    return this.serviceView(svc).backends.find((b) => b.id === backendId) as BackendView
+  }
+
+  async deleteBackend (caller: Caller, id: string, backendId: string): Promise<void> {
+    await this.#updateService(caller, id, (current) => {
+      this.#backendIndex(current, backendId)
+      return { ...current, backends: current.backends.filter((b) => b.id !== backendId) }
+    })
+  }
+
+  // ---- allowed accounts ----
+
+  listAllowedAccounts (caller: Caller, id: string): string[] {
+    return [...this.#ownService(this.#store.state, caller, id).allowedAccounts]
+  }
+
+  async addAllowedAccount (caller: Caller, id: string, body: unknown): Promise<string[]> {
+    const { accountId } = validate<{ accountId: string }>(AllowedAccountBody, body)
+    const svc = await this.#updateService(caller, id, (current) =>
+      current.allowedAccounts.includes(accountId)
+        ? current
+        : { ...current, allowedAccounts: [...current.allowedAccounts, accountId] })
+    return [...svc.allowedAccounts]
+  }
+
+  async removeAllowedAccount (caller: Caller, id: string, accountId: string): Promise<void> {
+    await this.#updateService(caller, id, (current) => {
+      if (!current.allowedAccounts.includes(accountId)) {
+        throw notFound(`accountId: ${accountId} is not in the allowed accounts of ${id}`)
+      }
+      // Existing endpoints stay connected, as on AWS: the allow-list gates new endpoints only.
+      return { ...current, allowedAccounts: current.allowedAccounts.filter((a) => a !== accountId) }
+    })
+  }
+
+  // ---- connections (the provider's view of endpoints to its service) ----
+
+  listConnections (caller: Caller, id: string): ConnectionView[] {
+    this.#ownService(this.#store.state, caller, id)
+    return Object.values(this.#store.state.endpoints)
+      .filter((e) => e.serviceId === id)
+      .map((e) => ({
+        id: e.id, ownerAccountId: e.ownerAccountId, status: e.status, ip: e.ip, zone: e.zone, subnetId: e.subnetId, createdAt: e.createdAt
+      }))
+  }
+
+  async decideConnection (caller: Caller, id: string, endpointId: string, decision: 'accepted' | 'rejected'): Promise<ConnectionView> {
+    const ep = await this.#store.transact((draft) => {
+      this.#ownService(draft, caller, id)
+      const current = draft.endpoints[endpointId]
+      if (current === undefined || current.serviceId !== id) {
+        throw notFound(`endpointId: no endpoint ${endpointId} connects to ${id}`)
+      }
+      if (current.status === decision) return { result: current, events: [] }
+      this.#transition(current, decision)
+      const next = this.#withStatus(current, decision)
+      draft.endpoints[endpointId] = next
+      return { result: next, events: [{ kind: 'endpoint', action: 'updated', id: endpointId }] }
+    })
+    return { id: ep.id, ownerAccountId: ep.ownerAccountId, status: ep.status, ip: ep.ip, zone: ep.zone, subnetId: ep.subnetId, createdAt: ep.createdAt }
+  }
+
+  // ---- consumer side ----
+
+  availableServices (caller: Caller, name?: string): AvailableServiceView[] {
+    return Object.values(this.#store.state.services)
+      .filter((s) => this.#mayConnect(s, caller.id))
+      .filter((s) => name === undefined || name === '' || s.name === name || s.serviceName === name)
+      .map((s) => ({
+        id: s.id,
+        ...(s.name === undefined ? {} : { name: s.name }),
+        serviceName: s.serviceName,
+        ownerAccountId: s.ownerAccountId,
+        acceptanceRequired: s.acceptanceRequired && s.ownerAccountId !== caller.id,
+        portMappings: s.portMappings,
+        zones: [...new Set(s.backends.map((b) => b.zone))].sort()
+      }))
+  }
+
+  listEndpoints (caller: Caller): Endpoint[] {
+    return Object.values(this.#store.state.endpoints).filter((e) => e.ownerAccountId === caller.id)
+  }
+
+  getEndpoint (caller: Caller, id: string): Endpoint {
+    return this.#ownEndpoint(this.#store.state, caller, id)
+  }
+
+  createEndpoint (caller: Caller, body: unknown): Promise<Endpoint> {
+    const input = validate<EndpointCreateInput>(EndpointCreate, body)
+    return this.#store.transact((draft) => {
+      const quota = this.#config.quotas.endpointsPerAccount
+      const owned = Object.values(draft.endpoints).filter((e) => e.ownerAccountId === caller.id).length
+      if (owned >= quota) {
+        throw quotaExceeded(`endpointsPerAccount: account ${caller.id} already has ${owned} endpoints (quota ${quota})`)
+      }
+      const id = newId('vpce-', 6, draft.endpoints)
+      const ep = this.#buildEndpoint(draft, id, caller.id, input, '', new Date().toISOString())
+      draft.endpoints[id] = ep
+      return { result: ep, events: [{ kind: 'endpoint', action: 'created', id }] }
+    })
+  }
+
+  patchEndpoint (caller: Caller, id: string, body: unknown): Promise<Endpoint> {
+    const input = validate<EndpointPatchInput>(EndpointPatch, body)
+    return this.#store.transact((draft) => {
+      const current = this.#ownEndpoint(draft, caller, id)
+      const next = this.#withStatus({
+        ...current,
+        allowedSources: input.allowedSources ?? current.allowedSources,
+        privateDns: input.privateDns ?? current.privateDns
+      }, current.status)
+      draft.endpoints[id] = next
+      return { result: next, events: [{ kind: 'endpoint', action: 'updated', id }] }
+    })
+  }
+
+  async deleteEndpoint (caller: Caller, id: string): Promise<void> {
+    await this.#store.transact((draft) => {
+      this.#ownEndpoint(draft, caller, id)
+      delete draft.endpoints[id]
+      return { result: undefined, events: [{ kind: 'endpoint', action: 'deleted', id }] }
+    })
+  }
+
+  // ---- from the data plane (via app wiring) ----
+
+  /** A listener could not be bound: the endpoint is `failed` with the reason (SPEC §3). */
+  async markEndpointFailed (id: string, reason: string): Promise<void> {
+    await this.#store.transact((draft) => {
+      const current = draft.endpoints[id]
+      if (current === undefined || current.status !== 'accepted') return { result: undefined, events: [] }
+      draft.endpoints[id] = { ...current, status: 'failed', statusReason: reason, dnsNames: [] }
+      return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
+    })
+  }
+
+  // ---- declarative resources from the config file (SPEC §8) ----
+
+  /**
+   * Apply `services:` and `endpoints:` of the config, idempotently: a declared resource that is
+   * missing is created with the API's rules; one that exists is brought to the declared fields
+   * (status and createdAt are kept). Nothing is written when everything already matches.
+   */
+  async applyDeclared (services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): Promise<void> {
+    await this.#store.transact((draft) => {
+      const events: ChangeEvent[] = []
+      services.forEach((decl, i) => {
+        const prefix = `services[${i}]`
+        const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigService
+        const current = draft.services[id]
+        if (current !== undefined && current.ownerAccountId !== ownerAccountId) {
+          throw conflict(`${prefix}.ownerAccountId: ${id} exists with owner ${current.ownerAccountId}`)
+        }
+        const built = this.#buildService(id, ownerAccountId, input, prefix, current?.createdAt ?? new Date().toISOString(), current?.backends)
+        if (current !== undefined && JSON.stringify(current.portMappings) !== JSON.stringify(built.portMappings)) {
+          throw conflict(`${prefix}.portMappings: immutable after creation; ${id} was created with other port mappings`)
+        }
+        if (current === undefined || JSON.stringify(current) !== JSON.stringify(built)) {
+          draft.services[id] = built
+          events.push({ kind: 'service', action: current === undefined ? 'created' : 'updated', id })
+        }
+      })
+      endpoints.forEach((decl, i) => {
+        const prefix = `endpoints[${i}]`
+        const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigEndpoint
+        const current = draft.endpoints[id]
+        if (current === undefined) {
+          draft.endpoints[id] = this.#buildEndpoint(draft, id, ownerAccountId, input, prefix, new Date().toISOString())
+          events.push({ kind: 'endpoint', action: 'created', id })
+          return
+        }
+        const next = this.#withStatus({ ...current, allowedSources: input.allowedSources, privateDns: input.privateDns }, current.status)
+        if (JSON.stringify(next) !== JSON.stringify(current)) {
+          draft.endpoints[id] = next
+          events.push({ kind: 'endpoint', action: 'updated', id })
+        }
+      })
+      return { result: undefined, events }
+    })
+  }
+
+  // ---- rules ----
+
+  #buildService (id: string, owner: string, input: ServiceCreateInput, prefix: string, createdAt: string, keep: readonly Backend[] = []): EndpointService {
+    const max = this.#config.quotas.portMappingsPerService
+    if (input.portMappings.length > max) {
+      throw invalidParameter(`${at(prefix, 'portMappings')}: at most ${max} port mappings (quota portMappingsPerService), got ${input.portMappings.length}`)
+    }
+    const seen = new Map<string, number>()
+    input.portMappings.forEach((m, i) => {
+      const key = `${m.protocol}/${m.terminalPort}`
+      const first = seen.get(key)
+      if (first !== undefined) {
+        throw invalidParameter(`${at(prefix, `portMappings[${i}].terminalPort`)}: ${m.protocol} ${m.terminalPort} is already mapped by portMappings[${first}]`)
+      }
+      seen.set(key, i)
+    })
+    const portMappings = input.portMappings.map((m) => ({ protocol: m.protocol, servicePort: m.servicePort, terminalPort: m.terminalPort }))
+    const healthCheck = this.#checkHealth(input.healthCheck as HealthCheck, portMappings, at(prefix, 'healthCheck'))
+    const allowedAccounts = [...new Set(input.allowedAccounts.filter((a) => a !== owner))]
+    return {
+      id,
+      ...(input.name === undefined ? {} : { name: input.name }),
+      serviceName: input.name === undefined ? `${this.#config.region}.${id}` : `${this.#config.region}.${input.name}.${id}`,
+      ownerAccountId: owner,
+      status: 'available',
+      acceptanceRequired: input.acceptanceRequired,
+      sameZonePreferred: input.sameZonePreferred,
+      portMappings,
+      backends: this.#buildBackends(input.backends, at(prefix, 'backends'), keep),
+      healthCheck,
+      allowedAccounts,
+      createdAt
+    }
+  }
+
+  #checkHealth (hc: HealthCheck, mappings: readonly PortMapping[], prefix: string): HealthCheck {
+    if (hc.timeoutSeconds >= hc.intervalSeconds) {
+      throw invalidParameter(`${prefix}.timeoutSeconds: must be less than intervalSeconds (${hc.timeoutSeconds} >= ${hc.intervalSeconds})`)
+    }
+    if (hc.enabled && hc.port === undefined && !mappings.some((m) => m.protocol === 'TCP') && hc.protocol === 'HTTP') {
+      throw invalidParameter(`${prefix}.port: required for an HTTP check on a service without TCP port mappings`)
+    }
+    return { ...hc }
+  }
+
+  #checkZone (zone: string, field: string): void {
+    if (!this.#zones.has(zone)) {
+      throw invalidParameter(`${field}: unknown zone ${JSON.stringify(zone)} (configured: ${[...this.#zones].join(', ')})`)
+    }
+  }
+
+  /**
+   * Backends from input; `keep` supplies ids for inputs without one that match an existing
+   * address (so a PUT of the same set keeps ids, health and live connections); `others` are
+   * backends that stay beside the new ones (POST), checked for duplicates too.
+   */
+  #buildBackends (input: readonly BackendInputT[], prefix: string, keep: readonly Backend[], others: readonly Backend[] = []): Backend[] {
+    const out: Backend[] = []
+    const ids = new Set(others.map((b) => b.id))
+    const addresses = new Map(others.map((b) => [b.address, b.id]))
+    const byAddress = new Map(keep.map((b) => [b.address, b.id]))
+    input.forEach((b, i) => {
+      const path = prefix === '' ? '' : `${prefix}[${i}].`
+      this.#checkZone(b.zone, `${path}zone`)
+      const address = normalizeIp(b.address)
+      const id = b.id ?? (byAddress.get(address) !== undefined && !ids.has(byAddress.get(address) as string)
+        ? byAddress.get(address) as string
+        : newBackendId(ids))
+      if (ids.has(id)) throw invalidParameter(`${path}id: duplicate backend id ${id}`)
+      const dup = addresses.get(address)
+      if (dup !== undefined) throw invalidParameter(`${path}address: ${address} is already backend ${dup}`)
+      ids.add(id)
+      addresses.set(address, id)
+      out.push({ id, address, zone: b.zone, weight: b.weight })
+    })
+    return out
+  }
+
+  #buildEndpoint (draft: Draft, id: string, owner: string, input: EndpointCreateInput, prefix: string, createdAt: string): Endpoint {
+    const svc = this.#resolveService(draft, input, prefix)
+    if (!this.#mayConnect(svc, owner)) {
+      throw forbidden(`${at(prefix, input.serviceId !== undefined ? 'serviceId' : 'serviceName')}: account ${owner} is not allowed to connect to ${svc.serviceName}`)
+    }
+    const subnet = this.#subnets.get(input.subnetId)
+    if (subnet === undefined) {
+      throw invalidParameter(`${at(prefix, 'subnetId')}: unknown subnet ${JSON.stringify(input.subnetId)} (configured: ${[...this.#subnets.keys()].join(', ')})`)
+    }
+    const used = new Set(Object.values(draft.endpoints).map((e) => e.ip))
+    const ip = allocateIp(subnet, input.ip, used, at(prefix, 'ip'))
+    const status: EndpointStatus = svc.ownerAccountId === owner || !svc.acceptanceRequired ? 'accepted' : 'pendingAcceptance'
+    return this.#withStatus({
+      id,
+      serviceId: svc.id,
+      serviceName: svc.serviceName,
+      ownerAccountId: owner,
+      subnetId: subnet.id,
+      zone: subnet.zone,
+      ip,
+      privateDns: input.privateDns,
+      allowedSources: input.allowedSources.map((c) => c),
+      status,
+      dnsNames: [],
+      createdAt
+    }, status)
+  }
+
+  #resolveService (draft: Draft, input: EndpointCreateInput, prefix: string): EndpointService {
+    if (input.serviceId === undefined && input.serviceName === undefined) {
+      throw invalidParameter(`${at(prefix, 'serviceId')}: one of serviceId or serviceName is required`)
+    }
+    let svc: EndpointService | undefined
+    if (input.serviceId !== undefined) {
+      svc = draft.services[input.serviceId]
+      if (svc === undefined) throw notFound(`${at(prefix, 'serviceId')}: endpoint service ${input.serviceId} not found`)
+    }
+    if (input.serviceName !== undefined) {
+      const byName = Object.values(draft.services).find((s) => s.serviceName === input.serviceName)
+      if (byName === undefined) throw notFound(`${at(prefix, 'serviceName')}: endpoint service ${input.serviceName} not found`)
+      if (svc !== undefined && svc.id !== byName.id) {
+        throw invalidParameter(`${at(prefix, 'serviceName')}: ${input.serviceName} is not the service ${input.serviceId}`)
+      }
+      svc = byName
+    }
+    return svc as EndpointService
+  }
+
+  #mayConnect (svc: EndpointService, accountId: string): boolean {
+    return svc.ownerAccountId === accountId || svc.allowedAccounts.includes(accountId) || svc.allowedAccounts.includes('*')
+  }
+
+  /** The endpoint with `status`, its dnsNames derived: names only while accepted with privateDns. */
+  #withStatus (ep: Endpoint, status: EndpointStatus): Endpoint {
+    const { statusReason: _drop, ...rest } = ep
+    const base = status === 'failed' && ep.statusReason !== undefined ? { ...rest, statusReason: ep.statusReason } : rest
+    return {
+      ...base,
+      status,
+      dnsNames: status === 'accepted' && ep.privateDns ? endpointDnsNames(ep, this.#config) : []
+    }
+  }
+
+  #transition (ep: Endpoint, to: EndpointStatus): void {
+    if (!endpointTransitions[ep.status].includes(to)) {
+      throw conflict(`status: endpoint ${ep.id} is ${ep.status} and cannot become ${to}`)
+    }
+  }
+
+  #ownService (state: { services: Readonly<Record<string, EndpointService>> }, caller: Caller, id: string): EndpointService {
+    const svc = state.services[id]
+    // Another account's service is 404, never 403: no leak of existence (SPEC §4).
+    if (svc === undefined || svc.ownerAccountId !== caller.id) throw notFound(`id: endpoint service ${id} not found`)
+    return svc
+  }
+
+  #ownEndpoint (state: { endpoints: Readonly<Record<string, Endpoint>> }, caller: Caller, id: string): Endpoint {
+    const ep = state.endpoints[id]
+    if (ep === undefined || ep.ownerAccountId !== caller.id) throw notFound(`id: endpoint ${id} not found`)
+    return ep
+  }
+
+  #backendIndex (svc: EndpointService, backendId: string): number {
+    const index = svc.backends.findIndex((b) => b.id === backendId)
+    if (index < 0) throw notFound(`backendId: backend ${backendId} not found in ${svc.id}`)
+    return index
+  }
+
+  #updateService (caller: Caller, id: string, change: (current: EndpointService) => EndpointService): Promise<EndpointService> {
+    return this.#store.transact((draft) => {
+      const current = this.#ownService(draft, caller, id)
+      const next = change(current)
+      if (next === current) return { result: current, events: [] }
+      draft.services[id] = next
+      return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
+    })
+  }
+}
+
+function newBackendId (taken: ReadonlySet<string>): string {
+  for (;;) {
+    const id = 'be-' + randomBytes(4).toString('hex')
+    if (!taken.has(id)) return id
+  }
+}
+

@@ -1,0 +1,63 @@
+// Endpoint IPs (SPEC §3): a requested IP must lie inside the subnet, be a host address and be
+// unused; otherwise the lowest free host address, skipping the network address, the broadcast
+// address and the first host (`.1`, the subnet's gateway, as cloud VPCs reserve it).
+import ipaddr from 'ipaddr.js'
+import { conflict, invalidParameter } from '../errors.ts'
+
+type Addr = ipaddr.IPv4 | ipaddr.IPv6
+
+function toBigInt (addr: Addr): bigint {
+  let n = 0n
+  for (const byte of addr.toByteArray()) n = (n << 8n) | BigInt(byte)
+  return n
+}
+
+function fromBigInt (n: bigint, bytes: number): Addr {
+  const out = new Array<number>(bytes)
+  for (let i = bytes - 1; i >= 0; i--) {
+    out[i] = Number(n & 0xffn)
+    n >>= 8n
+  }
+  return ipaddr.fromByteArray(out)
+}
+
+export interface SubnetLike {
+  readonly id: string
+  readonly cidr: string
+}
+
+function bounds (subnet: SubnetLike): { network: Addr, bits: number, first: bigint, last: bigint, size: number } {
+  const [network, bits] = ipaddr.parseCIDR(subnet.cidr)
+  const width = network.kind() === 'ipv4' ? 32 : 128
+  const first = toBigInt(network)
+  const last = first + (1n << BigInt(width - bits)) - 1n
+  return { network, bits, first, last, size: width / 8 }
+}
+
+/** Normalised textual form (IPv6 compressed, lowercase). */
+export function normalizeIp (ip: string): string {
+  return ipaddr.parse(ip).toString()
+}
+
+export function allocateIp (subnet: SubnetLike, requested: string | undefined, used: ReadonlySet<string>, field = 'ip'): string {
+  const { network, first, last, size } = bounds(subnet)
+  if (requested !== undefined) {
+    const addr = ipaddr.parse(requested)
+    if (addr.kind() !== network.kind() || !addr.match(ipaddr.parseCIDR(subnet.cidr))) {
+      throw invalidParameter(`${field}: ${requested} is not inside ${subnet.id} (${subnet.cidr})`)
+    }
+    const n = toBigInt(addr)
+    if (last - first >= 2n && (n === first || (network.kind() === 'ipv4' && n === last))) {
+      throw invalidParameter(`${field}: ${requested} is the ${n === first ? 'network' : 'broadcast'} address of ${subnet.id} (${subnet.cidr})`)
+    }
+    const ip = addr.toString()
+    if (used.has(ip)) throw conflict(`${field}: ${ip} is already used by another endpoint`)
+    return ip
+  }
+  const end = network.kind() === 'ipv4' ? last - 1n : last
+  for (let n = first + 2n; n <= end; n++) {
+    const ip = fromBigInt(n, size).toString()
+    if (!used.has(ip)) return ip
+  }
+  throw conflict(`subnetId: no free address left in ${subnet.id} (${subnet.cidr})`)
+}
