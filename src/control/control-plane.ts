@@ -118,13 +118,13 @@ export class ControlPlane {
   async createService (caller: Caller, body: unknown): Promise<ServiceView> {
     const input = validate<ServiceCreateInput>(ServiceCreate, body)
     const svc = await this.#store.transact((draft) => {
+      const id = newId('vpcesvc-', 6, draft.services)
+      const created = this.#buildService(id, caller.id, input, '', new Date().toISOString())
       const owned = Object.values(draft.services).filter((s) => s.ownerAccountId === caller.id).length
       const quota = this.#config.quotas.servicesPerAccount
       if (owned >= quota) {
         throw quotaExceeded(`servicesPerAccount: account ${caller.id} already has ${owned} endpoint services (quota ${quota})`)
       }
-      const id = newId('vpcesvc-', 6, draft.services)
-      const created = this.#buildService(id, caller.id, input, '', new Date().toISOString())
       draft.services[id] = created
       return { result: created, events: [{ kind: 'service', action: 'created', id }] }
     })
@@ -175,9 +175,9 @@ export class ControlPlane {
   // ---- backends ----
 
   async replaceBackends (caller: Caller, id: string, body: unknown): Promise<BackendView[]> {
-    const input = validate<BackendInputT[]>(BackendList, body)
+    const input = validate<BackendInputT[]>(BackendList, body, 'backends')
     const svc = await this.#updateService(caller, id, (current) => ({
-      ...current, backends: this.#buildBackends(input, 'body', current.backends)
+      ...current, backends: this.#buildBackends(input, 'backends', current.backends)
     }))
     return this.serviceView(svc).backends
   }
@@ -292,13 +292,13 @@ export class ControlPlane {
   createEndpoint (caller: Caller, body: unknown): Promise<Endpoint> {
     const input = validate<EndpointCreateInput>(EndpointCreate, body)
     return this.#store.transact((draft) => {
+      const id = newId('vpce-', 6, draft.endpoints)
+      const ep = this.#buildEndpoint(draft, id, caller.id, input, '', new Date().toISOString())
       const quota = this.#config.quotas.endpointsPerAccount
       const owned = Object.values(draft.endpoints).filter((e) => e.ownerAccountId === caller.id).length
       if (owned >= quota) {
         throw quotaExceeded(`endpointsPerAccount: account ${caller.id} already has ${owned} endpoints (quota ${quota})`)
       }
-      const id = newId('vpce-', 6, draft.endpoints)
-      const ep = this.#buildEndpoint(draft, id, caller.id, input, '', new Date().toISOString())
       draft.endpoints[id] = ep
       return { result: ep, events: [{ kind: 'endpoint', action: 'created', id }] }
     })

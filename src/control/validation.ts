@@ -75,7 +75,7 @@ function describe (prefix: string, e: ErrorObject): string {
   const params = e.params as Record<string, unknown>
   const at = (extra?: string): string => {
     const p = jsonPointerToPath(prefix, e.instancePath)
-    if (extra === undefined) return p === '' ? '(root)' : p
+    if (extra === undefined) return p === '' ? 'body' : p
     return p === '' ? extra : `${p}.${extra}`
   }
   switch (e.keyword) {
