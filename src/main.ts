@@ -59,7 +59,10 @@ async function start (values: { config?: string, 'state-dir'?: string }): Promis
       process.exit(1)
     }
     app.logger.info({ signal, graceSeconds: config.limits.shutdownGraceSeconds }, 'shutting down: no new connections, draining live ones')
-    app.close().then(() => process.exit(0), (err: unknown) => {
+    app.close().then(() => {
+      app.logger.info('linkgate stopped')
+      process.exit(0)
+    }, (err: unknown) => {
       app.logger.error({ err }, 'shutdown failed')
       process.exit(1)
     })
@@ -106,5 +109,8 @@ async function main (argv: string[]): Promise<void> {
 main(process.argv.slice(2)).catch((err: unknown) => {
   if (isLinkgateError(err)) fail(err.message, 1)
   if (err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') fail(`${err.message}\n${USAGE}`)
-  fail(err instanceof Error ? (err.stack ?? err.message) : String(err), 1)
+  // Start-up failures (a port in use, an unreadable state dir) are the user's to fix: say what,
+  // not where in our code; LINKGATE_DEBUG=1 adds the stack.
+  const debug = process.env.LINKGATE_DEBUG !== undefined && process.env.LINKGATE_DEBUG !== ''
+  fail(err instanceof Error ? (debug ? (err.stack ?? err.message) : err.message) : String(err), 1)
 })

@@ -12,7 +12,7 @@ import { deepFreeze, type ChangeEvent, type Endpoint, type EndpointService, type
 export const STATE_FILE = 'state.json'
 const FORMAT_VERSION = 1
 
-/** A writable copy of the state, handed to one transaction. */
+/** A writable copy of the state's maps, handed to one transaction; the resources in it are frozen: replace, never mutate. */
 export interface Draft {
   services: Record<string, EndpointService>
   endpoints: Record<string, Endpoint>
@@ -60,7 +60,9 @@ export class Store extends EventEmitter<StoreEvents> {
    */
   transact<T> (fn: (draft: Draft) => { result: T, events: ChangeEvent[] }): Promise<T> {
     const run = async (): Promise<T> => {
-      const draft = structuredClone(this.#state) as Draft
+      // A shallow copy: resources are frozen, so a transaction replaces the ones it changes and
+      // every other keeps its identity (listeners may compare by reference).
+      const draft: Draft = { services: { ...this.#state.services }, endpoints: { ...this.#state.endpoints } }
       const { result, events } = fn(draft)
       if (events.length === 0) return result
       await this.#persist(draft)
