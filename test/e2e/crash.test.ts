@@ -107,7 +107,7 @@ t.test('every acknowledged change survives SIGKILL at random moments', async (t)
   const list = (await api(gw, 'GET', '/v1/endpoints', TOKEN)).body.items as Array<Record<string, any>>
   const sample = [...endpoints.keys()].slice(-5)
   for (const id of sample) {
-    const ep = list.find((e) => e.id === id)
+    const ep = list.find((e) => e.id === id) as Record<string, any>
     const svc = (await api(gw, 'GET', `/v1/endpoint-services/${ep.serviceId}`, TOKEN)).body
     const port = svc.portMappings[0].terminalPort
     // The listener may take a moment after the API is up; retry briefly.
