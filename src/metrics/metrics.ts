@@ -27,7 +27,14 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
   const runHooks = (): void => {
     for (const hook of hooks) hook()
   }
-  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry })
+  if (options.defaultMetrics !== false) {
+    collectDefaultMetrics({ register: registry })
+    // prom-client names three gauges `*_total`, which `promtool check metrics` rejects (a
+    // `_total` suffix is for counters). Their per-type twins (nodejs_active_handles, ...) stay.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      registry.removeSingleMetric(name)
+    }
+  }
 
   // prom-client collects metrics in registration order; the first one runs the hooks so every
   // metric of this scrape sees the published numbers.

@@ -1,0 +1,115 @@
+// What every case gets: the run's settings, the tools, and how to reach each peer.
+import type { Daemon } from '../lib/proc.ts'
+import type { Cell, Column } from '../lib/results.ts'
+import type { PeerName } from '../lib/topology.ts'
+
+export interface PeerState {
+  readonly name: PeerName
+  /** Where a client connects to reach the backends through this peer. */
+  readonly address: string
+  /** The proxy's process (undefined for direct, or when it is not available). */
+  daemon?: Daemon
+  /** Why the peer takes no part, when it does not. */
+  unavailable?: string
+}
+
+/** How long each load runs and how many interleaved rounds a case makes (the median is kept). */
+export interface BenchPlan {
+  readonly seconds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly wrkWarmUp: number }
+  readonly rounds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly logging: number }
+  /** Case 7 measures these peers (a quick run: linkgate only). */
+  readonly loggingPeers: ReadonlyArray<'haproxy' | 'nginx' | 'linkgate'>
+}
+
+export const fullPlan: BenchPlan = {
+  seconds: { iperf: 5, wrk: 4, dnsperf: 4, wrkWarmUp: 1 },
+  rounds: { iperf: 2, wrk: 3, dnsperf: 2, logging: 2 },
+  loggingPeers: ['haproxy', 'nginx', 'linkgate']
+}
+
+export const quickPlan: BenchPlan = {
+  seconds: { iperf: 2, wrk: 2, dnsperf: 2, wrkWarmUp: 0 },
+  rounds: { iperf: 1, wrk: 1, dnsperf: 1, logging: 1 },
+  loggingPeers: ['linkgate']
+}
+
+export interface BenchContext {
+  readonly quick: boolean
+  readonly plan: BenchPlan
+  readonly dir: string
+  readonly tools: { readonly iperf3?: string, readonly wrk?: string, readonly dnsperf?: string }
+  readonly peers: Readonly<Record<PeerName, PeerState>>
+  /** Restarts a proxy with logging on (true) or off (false); case 7 uses it. */
+  restart (name: 'haproxy' | 'nginx' | 'linkgate', logging: boolean): Promise<void>
+  log (message: string): void
+}
+
+export const tcpPeers: readonly PeerName[] = ['direct', 'haproxy', 'nginx', 'linkgate']
+
+/** A cell for a peer that is not running, or a tool that is missing. */
+export function unavailableCell (reason: string): Cell {
+  return { note: `not available: ${reason.split('\n')[0] ?? reason}` }
+}
+
+export type Outcome<T> = { readonly ok: true, readonly results: readonly T[] } | { readonly ok: false, readonly cell: Cell }
+
+/**
+ * Runs `measure` `rounds` times for each peer that is up, interleaved (round 1 for every peer,
+ * then round 2, ...) so a slow drift of the machine spreads over all peers alike. A thrown error
+ * ends that peer's part in the case and becomes its note.
+ */
+export async function perPeer<T> (
+  ctx: BenchContext,
+  names: readonly PeerName[],
+  measure: (peer: PeerState, round: number) => Promise<T>,
+  rounds = 1
+): Promise<Map<PeerName, Outcome<T>>> {
+  const results = new Map<PeerName, T[]>()
+  const failed = new Map<PeerName, Cell>()
+  for (const name of names) {
+    const peer = ctx.peers[name]
+    if (peer.unavailable !== undefined) failed.set(name, unavailableCell(peer.unavailable))
+    else results.set(name, [])
+  }
+  for (let round = 0; round < rounds; round++) {
+    for (const name of names) {
+      const list = results.get(name)
+      if (list === undefined || failed.has(name)) continue
+      try {
+        list.push(await measure(ctx.peers[name], round))
+      } catch (err) {
+        const message = (err as Error).message.split('\n')[0] ?? String(err)
+        ctx.log(`  ${name}: failed: ${message}`)
+        failed.set(name, { note: `failed: ${message}` })
+      }
+    }
+  }
+  const out = new Map<PeerName, Outcome<T>>()
+  for (const name of names) {
+    const cell = failed.get(name)
+    out.set(name, cell !== undefined ? { ok: false, cell } : { ok: true, results: results.get(name) ?? [] })
+  }
+  return out
+}
+
+export function median (values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
+/** One row's cells from per-peer outcomes: the median over the rounds of `pick(result)`. */
+export function cellsOf<T> (outcomes: Map<PeerName, Outcome<T>>, pick: (result: T) => number): Partial<Record<Column, Cell>> {
+  const cells: Partial<Record<Column, Cell>> = {}
+  for (const [name, o] of outcomes) {
+    if (!o.ok) {
+      cells[name] = o.cell
+      continue
+    }
+    const samples = o.results.map(pick)
+    cells[name] = samples.length === 1 ? { value: samples[0] as number } : { value: median(samples), samples }
+  }
+  return cells
+}
+
+export type { Column }
