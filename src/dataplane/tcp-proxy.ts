@@ -1,0 +1,413 @@
+// TCP listener of one (endpoint, port mapping): accept, admit (allowedSources, then
+// maxConnectionsPerEndpoint), pick a backend, connect with failover, then splice bytes both ways
+// (SPEC §5).
+//
+// The data path is a bare `data` → `write()` splice, as HAProxy's tcp mode does it in userspace:
+// `write()` returning false pauses the reader, `drain` resumes it, so memory stays bounded by
+// the streams' high-water marks whatever the peers' speeds. Every per-connection handler is
+// created once, when the pair is built; a chunk costs two additions and one write — no closures,
+// no allocations, no strings (STYLE habit 10).
+//
+// Half-close (RFC 9293 §3.6): both sockets allow half-open, a FIN from one side becomes `end()`
+// on the other while the opposite direction keeps flowing; the pair is done when both sockets
+// have closed.
+import { Socket, createServer, type Server } from 'node:net'
+import { performance } from 'node:perf_hooks'
+import { getSystemErrorMessage } from 'node:util'
+import type { Backend } from '../control/model.ts'
+import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
+import type { ProtocolStats } from './endpoint-runtime.ts'
+import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
+import type { Peer } from './upstream/balancer.ts'
+
+/** Connect attempts per client connection, the first included (SPEC §5). */
+export const MAX_CONNECT_ATTEMPTS = 3
+
+type Child<M extends { labels: (...args: never[]) => unknown }> = ReturnType<M['labels']>
+
+const noop = (): void => {}
+
+export const createTcpListener: ListenerFactory = (ctx) => new TcpListener(ctx)
+
+class TcpListener implements ProxyListener {
+  readonly ctx: ListenerContext
+  readonly pairs = new Set<TcpPair>()
+  readonly idleMs: number
+  readonly connectTimeoutMs: number
+  readonly connections: Child<Metrics['connectionsTotal']>
+  readonly connectDuration: Child<Metrics['backendConnectDuration']>
+  /** Keyed by the frozen Backend record: a zone change gives a new record, hence a new child. */
+  readonly #backendCounters = new WeakMap<Backend, Child<Metrics['backendConnectionsTotal']>>()
+  readonly #server: Server
+  #listening = false
+  #closing = false
+  #destroyed = false
+  #closeWaiters: Array<() => void> = []
+
+  constructor (ctx: ListenerContext) {
+    this.ctx = ctx
+    const { runtime, mapping, metrics, limits } = ctx
+    this.idleMs = Math.round(limits.tcpIdleTimeoutSeconds * 1000)
+    this.connectTimeoutMs = limits.connectTimeoutMs
+    this.connections = metrics.connectionsTotal.labels({
+      endpoint_id: runtime.id, service_id: runtime.service.id, protocol: 'TCP', terminal_port: String(mapping.terminalPort)
+    })
+    this.connectDuration = metrics.backendConnectDuration.labels({ service_id: runtime.service.id })
+    // pauseOnConnect: nothing is read from the client before a backend is there to take it.
+    this.#server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, this.#onConnection)
+    this.#server.on('error', (err) => {
+      // Bind errors reach listen()'s promise; later ones are accept errors (EMFILE...): keep serving.
+      if (this.#listening) ctx.logger.warn({ err }, 'tcp listener error')
+    })
+  }
+
+  listen (): Promise<void> {
+    const { runtime, mapping } = this.ctx
+    return new Promise((resolve, reject) => {
+      const server = this.#server
+      const onError = (err: Error): void => {
+        server.off('listening', onListening)
+        reject(err)
+      }
+      const onListening = (): void => {
+        server.off('error', onError)
+        this.#listening = true
+        // Destroyed while the bind was in flight: give the port back at once.
+        if (this.#destroyed) server.close(noop)
+        resolve()
+      }
+      server.once('error', onError)
+      server.once('listening', onListening)
+      server.listen({ host: runtime.endpoint.ip, port: mapping.terminalPort })
+    })
+  }
+
+  close (): Promise<void> {
+    this.#stopAccepting()
+    if (this.pairs.size === 0) return Promise.resolve()
+    return new Promise((resolve) => { this.#closeWaiters.push(resolve) })
+  }
+
+  destroy (reason: CloseReason): void {
+    this.#destroyed = true
+    this.#stopAccepting()
+    for (const pair of this.pairs) pair.destroy(reason)
+  }
+
+  backendCounter (backend: Backend): Child<Metrics['backendConnectionsTotal']> {
+    let child = this.#backendCounters.get(backend)
+    if (child === undefined) {
+      child = this.ctx.metrics.backendConnectionsTotal.labels({
+        service_id: this.ctx.runtime.service.id, backend_id: backend.id, zone: backend.zone
+      })
+      this.#backendCounters.set(backend, child)
+    }
+    return child
+  }
+
+  pairFinished (pair: TcpPair): void {
+    this.pairs.delete(pair)
+    if (this.#closing && this.pairs.size === 0) {
+      const waiters = this.#closeWaiters
+      this.#closeWaiters = []
+      for (const resolve of waiters) resolve()
+    }
+  }
+
+  #stopAccepting (): void {
+    if (this.#closing) return
+    this.#closing = true
+    // Closes the listening socket now (the port is free again); accepted sockets are ours to end.
+    this.#server.close(noop)
+  }
+
+  readonly #onConnection = (socket: Socket): void => {
+    socket.on('error', noop)
+    const runtime = this.ctx.runtime
+    const address = socket.remoteAddress
+    if (this.#closing || address === undefined) {
+      socket.destroy()
+      return
+    }
+    // Security-group semantics: a source outside allowedSources never reaches a backend.
+    if (!runtime.sourceAllowed(address)) {
+      this.#refuse(socket, address, 'source')
+      return
+    }
+    if (!runtime.tryAcquire(this.ctx.limits.maxConnectionsPerEndpoint)) {
+      this.#refuse(socket, address, 'limit')
+      return
+    }
+    const pair = new TcpPair(this, socket, address)
+    this.pairs.add(pair)
+    pair.connectNext()
+  }
+
+  #refuse (socket: Socket, address: string, reason: RefusalReason): void {
+    socket.destroy()
+    this.ctx.runtime.refused(reason)
+    this.writeAccessLog(address, socket.remotePort, null, 0, 0, 0, reason)
+  }
+
+  writeAccessLog (address: string, port: number | undefined, peer: Peer | null, toBackend: number, toClient: number,
+    durationMs: number, closeReason: CloseReason): void {
+    const { accessLog, runtime, mapping } = this.ctx
+    if (!accessLog.enabled) return
+    accessLog.write({
+      endpointId: runtime.id,
+      serviceId: runtime.service.id,
+      protocol: 'TCP',
+      terminalPort: mapping.terminalPort,
+      client: port === undefined ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`,
+      backendId: peer?.backend.id ?? null,
+      backendAddress: peer?.backend.address ?? null,
+      zone: peer?.backend.zone ?? null,
+      bytesToBackend: toBackend,
+      bytesToClient: toClient,
+      durationMs,
+      closeReason
+    })
+  }
+}
+
+const CONNECTING = 0
+const OPEN = 1
+const DONE = 2
+
+/** One client connection and its backend connection. Handlers are bound once, here. */
+class TcpPair {
+  readonly #listener: TcpListener
+  readonly #stats: ProtocolStats
+  readonly #client: Socket
+  readonly #clientAddress: string
+  readonly #clientPort: number | undefined
+  readonly #startedAt: number
+  #backend: Socket | null = null
+  #peer: Peer | null = null
+  #tried: Set<Peer> | null = null
+  #attempts = 0
+  #connectStartedAt = 0
+  #state = CONNECTING
+  #admitted = false
+  #clientEnded = false
+  #backendEnded = false
+  #clientClosed = false
+  #backendClosed = true
+  #reason: CloseReason | null = null
+  #bytesToBackend = 0
+  #bytesToClient = 0
+
+  constructor (listener: TcpListener, client: Socket, address: string) {
+    this.#listener = listener
+    this.#stats = listener.ctx.runtime.tcp
+    this.#client = client
+    this.#clientAddress = address
+    this.#clientPort = client.remotePort
+    this.#startedAt = performance.now()
+    client.removeListener('error', noop)
+    client.on('error', this.#onClientError)
+    client.on('close', this.#onClientClose)
+  }
+
+  /** Pick the next candidate and connect to it; when none is left, reset the client. */
+  connectNext (): void {
+    const { runtime, mapping } = this.#listener.ctx
+    const peer = runtime.balancer.pick(runtime.zone, this.#tried ?? undefined)
+    if (peer === undefined) {
+      this.#fail(this.#attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    this.#peer = peer
+    this.#attempts++
+    this.#connectStartedAt = performance.now()
+    const backend = new Socket({ allowHalfOpen: true, noDelay: true })
+    this.#backend = backend
+    this.#backendClosed = false
+    backend.on('connect', this.#onBackendConnect)
+    backend.on('error', this.#onBackendError)
+    backend.on('timeout', this.#onBackendTimeout)
+    backend.on('close', this.#onBackendClose)
+    backend.setTimeout(this.#listener.connectTimeoutMs)
+    backend.connect({ host: peer.backend.address, port: mapping.servicePort })
+  }
+
+  /** End both sides now (listener removed, shutdown deadline). */
+  destroy (reason: CloseReason): void {
+    if (this.#state === DONE) return
+    this.#reason = reason
+    this.#client.destroy()
+    this.#backend?.destroy()
+  }
+
+  // ---- connecting ----
+
+  readonly #onBackendConnect = (): void => {
+    const backend = this.#backend as Socket
+    const client = this.#client
+    const peer = this.#peer as Peer
+    const listener = this.#listener
+    this.#state = OPEN
+    this.#admitted = true
+    backend.setTimeout(0)
+    listener.ctx.upstream.connectSucceeded(peer.health)
+    listener.connectDuration.observe((performance.now() - this.#connectStartedAt) / 1000)
+    listener.backendCounter(peer.backend).inc()
+    listener.connections.inc()
+    this.#stats.active++
+    backend.on('data', this.#onBackendData)
+    backend.on('end', this.#onBackendEnd)
+    backend.on('drain', this.#onBackendDrain)
+    client.on('data', this.#onClientData)
+    client.on('end', this.#onClientEnd)
+    client.on('drain', this.#onClientDrain)
+    client.on('timeout', this.#onIdle)
+    // Any byte either way goes through the client socket, whose timer both reads and writes
+    // refresh: one timer measures the idleness of the pair.
+    client.setTimeout(listener.idleMs)
+    client.resume()
+  }
+
+  #attemptFailed (reason: string): void {
+    const backend = this.#backend as Socket
+    const peer = this.#peer as Peer
+    const ctx = this.#listener.ctx
+    backend.removeAllListeners()
+    backend.on('error', noop)
+    backend.destroy()
+    this.#backend = null
+    this.#backendClosed = true
+    ctx.upstream.connectFailed(peer.health, reason)
+    ctx.logger.debug({ backendId: peer.backend.id, address: peer.backend.address, attempt: this.#attempts, reason },
+      'backend connect failed')
+    if (this.#reason !== null) { // the pair was destroyed meanwhile
+      this.#maybeFinish()
+      return
+    }
+    if (this.#tried === null) this.#tried = new Set()
+    this.#tried.add(peer)
+    if (this.#attempts >= MAX_CONNECT_ATTEMPTS) this.#fail('connect_failed')
+    else this.connectNext()
+  }
+
+  /** No backend could take the connection: reset the client (SPEC §5) and count it. */
+  #fail (reason: 'no_backend' | 'connect_failed'): void {
+    this.#reason = reason
+    this.#listener.ctx.runtime.refused(reason)
+    if (!this.#clientClosed) this.#client.resetAndDestroy()
+    this.#maybeFinish()
+  }
+
+  readonly #onBackendError = (err: NodeJS.ErrnoException): void => {
+    if (this.#state === CONNECTING) {
+      this.#attemptFailed(err.code ?? err.message)
+    } else if (this.#reason === null) {
+      this.#reason = 'reset'
+    }
+  }
+
+  readonly #onBackendTimeout = (): void => {
+    if (this.#state === CONNECTING) {
+      this.#attemptFailed('timeout')
+    } else {
+      // Only armed after the client closed cleanly and our FIN to the backend cannot drain.
+      this.#backend?.destroy()
+    }
+  }
+
+  // ---- data path ----
+
+  readonly #onClientData = (chunk: Buffer): void => {
+    const n = chunk.length
+    this.#bytesToBackend += n
+    this.#stats.bytesToBackend += n
+    if (!(this.#backend as Socket).write(chunk)) this.#client.pause()
+  }
+
+  readonly #onBackendData = (chunk: Buffer): void => {
+    const n = chunk.length
+    this.#bytesToClient += n
+    this.#stats.bytesToClient += n
+    if (!this.#client.write(chunk)) (this.#backend as Socket).pause()
+  }
+
+  readonly #onBackendDrain = (): void => {
+    this.#client.resume()
+  }
+
+  readonly #onClientDrain = (): void => {
+    (this.#backend as Socket).resume()
+  }
+
+  readonly #onClientEnd = (): void => {
+    this.#clientEnded = true
+    if (this.#reason === null) this.#reason = 'client'
+    ;(this.#backend as Socket).end()
+  }
+
+  readonly #onBackendEnd = (): void => {
+    this.#backendEnded = true
+    if (this.#reason === null) this.#reason = 'backend'
+    this.#client.end()
+  }
+
+  readonly #onIdle = (): void => {
+    this.destroy('idle')
+  }
+
+  // ---- teardown ----
+
+  readonly #onClientError = (): void => {
+    if (this.#reason === null) this.#reason = 'reset'
+  }
+
+  readonly #onClientClose = (hadError: boolean): void => {
+    this.#clientClosed = true
+    const backend = this.#backend
+    if (backend !== null && !this.#backendClosed) {
+      if (this.#state !== OPEN) {
+        backend.destroy()
+      } else if (!(this.#clientEnded && this.#backendEnded)) {
+        // Not an orderly close of both directions: pass the abort on (a reset stays a reset).
+        if (hadError) backend.resetAndDestroy()
+        else backend.destroy()
+      } else {
+        // Both FINs seen: the backend closes once our FIN is flushed; bound that wait.
+        backend.setTimeout(this.#listener.idleMs)
+      }
+    }
+    this.#maybeFinish()
+  }
+
+  readonly #onBackendClose = (hadError: boolean): void => {
+    this.#backendClosed = true
+    if (!this.#clientClosed && !(this.#clientEnded && this.#backendEnded)) {
+      if (hadError) this.#client.resetAndDestroy()
+      else this.#client.destroy()
+    }
+    this.#maybeFinish()
+  }
+
+  #maybeFinish (): void {
+    if (!this.#clientClosed || !this.#backendClosed || this.#state === DONE) return
+    this.#state = DONE
+    const listener = this.#listener
+    listener.ctx.runtime.release()
+    if (this.#admitted) this.#stats.active--
+    listener.writeAccessLog(this.#clientAddress, this.#clientPort, this.#admitted ? this.#peer : null,
+      this.#bytesToBackend, this.#bytesToClient, Math.round(performance.now() - this.#startedAt), this.#reason ?? 'client')
+    listener.pairFinished(this)
+  }
+}
+
+/** "EADDRINUSE address already in use", for bind failures reported to the control plane. */
+export function describeSocketError (err: unknown): string {
+  const e = err as NodeJS.ErrnoException
+  if (typeof e?.errno === 'number' && typeof e.code === 'string') {
+    try {
+      return `${e.code} ${getSystemErrorMessage(e.errno)}`
+    } catch {
+      return `${e.code} ${e.message}`
+    }
+  }
+  return e?.message ?? String(err)
+}
