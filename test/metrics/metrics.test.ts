@@ -58,7 +58,7 @@ function dnsQuery (port: number, name: string): Promise<number> {
     const q = new dns2.Packet()
     q.header.id = Math.floor(Math.random() * 65535)
     q.header.rd = 1
-    q.questions.push({ name, type: dns2.Packet.TYPE.A, class: dns2.Packet.CLASS.IN })
+    q.questions.push({ name, type: dns2.Packet.TYPE.A, class: dns2.Packet.CLASS.IN } as unknown as (typeof q.questions)[number])
     const socket = createSocket('udp4')
     const timer = setTimeout(() => { socket.close(); reject(new Error('no DNS answer')) }, 3000)
     socket.on('message', (msg) => {
