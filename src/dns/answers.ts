@@ -14,9 +14,8 @@
 //   has none of that type (empty non-terminals included, RFC 8020); no node → NXDOMAIN + SOA
 //   (RFC 2308 §2.1); classes other than IN/ANY and zone transfers → REFUSED;
 // - outside it: forward when upstreams are configured, else REFUSED.
-import { FNV_OFFSET, FNV_PRIME, hashWire, type DnsZone, type Tail, type ZoneNode, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_NS, TYPE_SOA } from './records.ts'
+import { FNV_OFFSET, FNV_PRIME, type DnsZone, type Tail, type ZoneNode, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_NS, TYPE_SOA } from './records.ts'
 
-export { hashWire }
 
 export const RCODE = {
   NOERROR: 0,
