@@ -11,6 +11,11 @@
 // Half-close (RFC 9293 §3.6): both sockets allow half-open, a FIN from one side becomes `end()`
 // on the other while the opposite direction keeps flowing; the pair is done when both sockets
 // have closed.
+//
+// Idle pairs (tcpIdleTimeoutSeconds): no socket timers, which Node refreshes on every read and
+// write. Instead one sweep per listener compares each pair's byte counters, already kept for the
+// access log, with what it saw last time: a pair whose counters have not moved for the idle
+// period is closed, at most one sweep interval late.
 import { Socket, createServer, type Server } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { getSystemErrorMessage } from 'node:util'
@@ -22,6 +27,8 @@ import type { Peer } from './upstream/balancer.ts'
 
 /** Connect attempts per client connection, the first included (SPEC §5). */
 export const MAX_CONNECT_ATTEMPTS = 3
+/** Longest gap between two idle sweeps; shorter idle timeouts sweep 4 times per period. */
+const MAX_SWEEP_INTERVAL_MS = 1000
 
 type Child<M extends { labels: (...args: never[]) => unknown }> = ReturnType<M['labels']>
 
@@ -39,6 +46,8 @@ class TcpListener implements ProxyListener {
   /** Keyed by the frozen Backend record: a zone change gives a new record, hence a new child. */
   readonly #backendCounters = new WeakMap<Backend, Child<Metrics['backendConnectionsTotal']>>()
   readonly #server: Server
+  readonly #sweepIntervalMs: number
+  #sweeper: NodeJS.Timeout | null = null
   #listening = false
   #closing = false
   #destroyed = false
@@ -49,6 +58,7 @@ class TcpListener implements ProxyListener {
     const { runtime, mapping, metrics, limits } = ctx
     this.idleMs = Math.round(limits.tcpIdleTimeoutSeconds * 1000)
     this.connectTimeoutMs = limits.connectTimeoutMs
+    this.#sweepIntervalMs = Math.max(10, Math.min(MAX_SWEEP_INTERVAL_MS, Math.floor(this.idleMs / 4)))
     this.connections = metrics.connectionsTotal.labels({
       endpoint_id: runtime.id, service_id: runtime.service.id, protocol: 'TCP', terminal_port: String(mapping.terminalPort)
     })
@@ -74,6 +84,7 @@ class TcpListener implements ProxyListener {
         this.#listening = true
         // Destroyed while the bind was in flight: give the port back at once.
         if (this.#destroyed) server.close(noop)
+        else this.#sweeper = setInterval(this.#sweep, this.#sweepIntervalMs).unref()
         resolve()
       }
       server.once('error', onError)
@@ -84,13 +95,17 @@ class TcpListener implements ProxyListener {
 
   close (): Promise<void> {
     this.#stopAccepting()
-    if (this.pairs.size === 0) return Promise.resolve()
+    if (this.pairs.size === 0) {
+      this.#stopSweeper()
+      return Promise.resolve()
+    }
     return new Promise((resolve) => { this.#closeWaiters.push(resolve) })
   }
 
   destroy (reason: CloseReason): void {
     this.#destroyed = true
     this.#stopAccepting()
+    this.#stopSweeper()
     for (const pair of this.pairs) pair.destroy(reason)
   }
 
@@ -108,10 +123,21 @@ class TcpListener implements ProxyListener {
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
+      this.#stopSweeper()
       const waiters = this.#closeWaiters
       this.#closeWaiters = []
       for (const resolve of waiters) resolve()
     }
+  }
+
+  readonly #sweep = (): void => {
+    const now = performance.now()
+    for (const pair of this.pairs) pair.checkIdle(now, this.idleMs)
+  }
+
+  #stopSweeper (): void {
+    if (this.#sweeper !== null) clearInterval(this.#sweeper)
+    this.#sweeper = null
   }
 
   #stopAccepting (): void {
@@ -196,6 +222,9 @@ class TcpPair {
   #reason: CloseReason | null = null
   #bytesToBackend = 0
   #bytesToClient = 0
+  /** Bytes both ways at the last idle sweep, and when they last moved. */
+  #idleMark = 0
+  #activeAt = 0
 
   constructor (listener: TcpListener, client: Socket, address: string) {
     this.#listener = listener
@@ -231,6 +260,18 @@ class TcpPair {
     backend.connect({ host: peer.backend.address, port: mapping.servicePort })
   }
 
+  /** Called by the listener's sweep: close the pair when no byte moved for `idleMs`. */
+  checkIdle (now: number, idleMs: number): void {
+    if (this.#state !== OPEN) return
+    const total = this.#bytesToBackend + this.#bytesToClient
+    if (total !== this.#idleMark) {
+      this.#idleMark = total
+      this.#activeAt = now
+    } else if (now - this.#activeAt >= idleMs) {
+      this.destroy('idle')
+    }
+  }
+
   /** End both sides now (listener removed, shutdown deadline). */
   destroy (reason: CloseReason): void {
     if (this.#state === DONE) return
@@ -248,6 +289,7 @@ class TcpPair {
     const listener = this.#listener
     this.#state = OPEN
     this.#admitted = true
+    this.#activeAt = performance.now()
     backend.setTimeout(0)
     listener.ctx.upstream.connectSucceeded(peer.health)
     listener.connectDuration.observe((performance.now() - this.#connectStartedAt) / 1000)
@@ -260,10 +302,6 @@ class TcpPair {
     client.on('data', this.#onClientData)
     client.on('end', this.#onClientEnd)
     client.on('drain', this.#onClientDrain)
-    client.on('timeout', this.#onIdle)
-    // Any byte either way goes through the client socket, whose timer both reads and writes
-    // refresh: one timer measures the idleness of the pair.
-    client.setTimeout(listener.idleMs)
     client.resume()
   }
 
@@ -306,12 +344,7 @@ class TcpPair {
   }
 
   readonly #onBackendTimeout = (): void => {
-    if (this.#state === CONNECTING) {
-      this.#attemptFailed('timeout')
-    } else {
-      // Only armed after the client closed cleanly and our FIN to the backend cannot drain.
-      this.#backend?.destroy()
-    }
+    if (this.#state === CONNECTING) this.#attemptFailed('timeout')
   }
 
   // ---- data path ----
@@ -350,10 +383,6 @@ class TcpPair {
     this.#client.end()
   }
 
-  readonly #onIdle = (): void => {
-    this.destroy('idle')
-  }
-
   // ---- teardown ----
 
   readonly #onClientError = (): void => {
@@ -370,10 +399,9 @@ class TcpPair {
         // Not an orderly close of both directions: pass the abort on (a reset stays a reset).
         if (hadError) backend.resetAndDestroy()
         else backend.destroy()
-      } else {
-        // Both FINs seen: the backend closes once our FIN is flushed; bound that wait.
-        backend.setTimeout(this.#listener.idleMs)
       }
+      // Else both FINs were seen: the backend closes once our FIN is flushed (the idle sweep
+      // bounds that wait).
     }
     this.#maybeFinish()
   }
