@@ -31,6 +31,35 @@ t.test('bytes pass unchanged both ways and are counted', async (t) => {
   t.equal(await metricValue(px.metrics, 'linkgate_connections_total', { ...labels, terminal_port: String(px.port) }), 1)
 })
 
+t.test('bytes from the backend stay intact when a slow client makes the proxy queue its writes', async (t) => {
+  const payload = randomBytes(24 * 1024 * 1024)
+  const port = await freePort('127.21.1.4')
+  await startTcpServer(t, '127.21.1.4', (s) => { s.on('error', () => {}); s.end(payload) }, port)
+  const px = await startProxy(t, { ip: '127.21.1.103', servicePort: port, backends: [makeBackend('127.21.1.4')] })
+  const client = await connectTo(t, '127.21.1.103', px.port)
+  const chunks: Buffer[] = []
+  let got = 0
+  // Stall the reader for 5 ms after every 256 KiB, so the proxy's writes to it back up.
+  const done = new Promise<void>((resolve, reject) => {
+    let sinceStall = 0
+    client.on('data', (c: Buffer) => {
+      chunks.push(c)
+      got += c.length
+      sinceStall += c.length
+      if (sinceStall >= 256 * 1024) {
+        sinceStall = 0
+        client.pause()
+        setTimeout(() => client.resume(), 5)
+      }
+    })
+    client.on('end', resolve)
+    client.on('error', reject)
+  })
+  await done
+  t.equal(got, payload.length)
+  t.ok(Buffer.concat(chunks).equals(payload), 'byte for byte the same')
+})
+
 t.test('1,000 connections over weights 100 and 50 split 2:1, never more than 2 in a row to the heavy one', async (t) => {
   const port = await freePort('127.21.2.1')
   await startIdServer(t, '127.21.2.1', 'heavy', port)
