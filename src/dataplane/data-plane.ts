@@ -9,7 +9,7 @@
 // in the wrong order. Endpoint and service records are frozen and replaced on change, so
 // "changed" is a reference comparison.
 import type { Logger } from 'pino'
-import type { Endpoint, EndpointService, PortMapping, State } from '../control/model.ts'
+import type { Backend, Endpoint, EndpointService, PortMapping, State } from '../control/model.ts'
 import type { Config } from '../control/schemas.ts'
 import type { Store } from '../control/store.ts'
 import type { Metrics } from '../metrics/metrics.ts'
@@ -149,8 +149,10 @@ export class DataPlane {
   #reconcileServices (state: State): void {
     for (const id of this.#balancers.keys()) {
       if (state.services[id] === undefined) {
+        const gone = this.#balancers.get(id)?.service
         this.#balancers.delete(id)
         this.#opts.upstream.forget(id)
+        if (gone !== undefined) this.#dropSeries(gone, [])
       }
     }
     for (const service of Object.values(state.services)) {
@@ -160,8 +162,25 @@ export class DataPlane {
       } else if (entry.service !== service) {
         // New weights or backends: new connections follow them; live ones keep their backend.
         entry.balancer.update(service)
+        this.#dropSeries(entry.service, service.backends)
         entry.service = service
       }
+    }
+  }
+
+  /**
+   * Remove the per-backend series of backends that left `before` (kept: those still in `after`,
+   * matched by id and zone), and the service's connect histogram when the service is gone, so
+   * backend churn does not grow /metrics without bound.
+   */
+  #dropSeries (before: EndpointService, after: readonly Backend[]): void {
+    const { metrics } = this.#opts
+    for (const b of before.backends) {
+      if (after.some((a) => a.id === b.id && a.zone === b.zone)) continue
+      metrics.backendConnectionsTotal.remove({ service_id: before.id, backend_id: b.id, zone: b.zone })
+    }
+    if (after.length === 0 && this.#balancers.get(before.id) === undefined) {
+      metrics.backendConnectDuration.remove({ service_id: before.id })
     }
   }
 

@@ -279,3 +279,37 @@ t.test('a burst of changes to one endpoint converges on the last state', async (
   t.equal((await roundTrip(client, 'last')).toString(), 'last')
   t.same(fx.failures, [], 'no bind ever collided with a listener being released')
 })
+
+t.test('a removed backend and a deleted service leave no per-backend series behind', async (t) => {
+  const { port } = await echoBackends(t, ['127.21.30.1', '127.21.30.2'])
+  const store = await openStore(t)
+  const terminalPort = await freePort('127.21.30.100')
+  const a = makeBackend('127.21.30.1')
+  const b = makeBackend('127.21.30.2')
+  const service = makeService({ portMappings: [{ protocol: 'TCP', servicePort: port, terminalPort }], backends: [a, b] })
+  const endpoint = makeEndpoint(service, { ip: '127.21.30.100' })
+  await putService(store, service)
+  await putEndpoint(store, endpoint)
+  const fx = await startDataPlane(t, { store })
+  for (let i = 0; i < 4; i++) {
+    const s = await connectTo(t, '127.21.30.100', terminalPort)
+    t.equal((await roundTrip(s, `x${i}`)).toString(), `x${i}`)
+    s.destroy()
+  }
+  const series = async (): Promise<string> => (await fx.metrics.registry.getSingleMetricAsString('linkgate_backend_connections_total'))
+  t.match(await series(), a.id)
+  t.match(await series(), b.id)
+
+  await updateService(store, service.id, () => ({ backends: [b] }))
+  await waitFor(async () => !(await series()).includes(a.id), 1000, 'series of the removed backend gone')
+  t.match(await series(), new RegExp(`backend_id="${b.id}".* 2$`, 'm'), 'the remaining backend keeps its count')
+
+  await deleteEndpoint(store, endpoint.id)
+  await store.transact((draft) => {
+    delete draft.services[service.id]
+    return { result: undefined, events: [{ kind: 'service', action: 'deleted', id: service.id }] }
+  })
+  await waitFor(async () => !(await series()).includes(b.id), 1000, 'series of the deleted service gone')
+  const histogram = await fx.metrics.registry.getSingleMetricAsString('linkgate_backend_connect_duration_seconds')
+  t.notMatch(histogram, service.id, 'the connect histogram of the deleted service is gone')
+})
