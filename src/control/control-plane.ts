@@ -165,7 +165,7 @@ export class ControlPlane {
       // Endpoints left behind (pending, rejected) can never connect again: fail them with the reason.
       for (const ep of endpoints) {
         if (ep.status === 'failed') continue
-        draft.endpoints[ep.id] = { ...ep, status: 'failed', statusReason: `endpoint service ${id} was deleted`, dnsNames: [] }
+        draft.endpoints[ep.id] = this.#withStatus({ ...ep, statusReason: `endpoint service ${id} was deleted` }, 'failed')
         events.push({ kind: 'endpoint', action: 'updated', id: ep.id })
       }
       return { result: undefined, events }
@@ -333,7 +333,7 @@ export class ControlPlane {
     await this.#store.transact((draft) => {
       const current = draft.endpoints[id]
       if (current === undefined || current.status !== 'accepted') return { result: undefined, events: [] }
-      draft.endpoints[id] = { ...current, status: 'failed', statusReason: reason, dnsNames: [] }
+      draft.endpoints[id] = this.#withStatus({ ...current, statusReason: reason }, 'failed')
       return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
     })
   }
@@ -513,12 +513,15 @@ export class ControlPlane {
     return svc.ownerAccountId === accountId || svc.allowedAccounts.includes(accountId) || svc.allowedAccounts.includes('*')
   }
 
-  /** The endpoint with `status`, its dnsNames derived: names only while accepted with privateDns. */
+  /**
+   * The endpoint with `status` and the fields derived from it, in one place: `statusReason`
+   * only while failed, DNS names only while accepted with privateDns.
+   */
   #withStatus (ep: Endpoint, status: EndpointStatus): Endpoint {
-    const { statusReason: _drop, ...rest } = ep
-    const base = status === 'failed' && ep.statusReason !== undefined ? { ...rest, statusReason: ep.statusReason } : rest
+    const { statusReason, ...rest } = ep
     return {
-      ...base,
+      ...rest,
+      ...(status === 'failed' && statusReason !== undefined ? { statusReason } : {}),
       status,
       dnsNames: status === 'accepted' && ep.privateDns ? endpointDnsNames(ep, this.#config) : []
     }
