@@ -93,6 +93,11 @@ export class EndpointRuntime {
     return protocol === 'TCP' ? this.tcp : this.udp
   }
 
+  /** allowedSources holds both 0.0.0.0/0 and ::/0: no address needs checking. */
+  get allowsEverySource (): boolean {
+    return this.#allowAll4 && this.#allowAll6
+  }
+
   /** Is a client at `address` (as node reports it, IPv4-mapped IPv6 included) inside `allowedSources`? */
   sourceAllowed (address: string): boolean {
     if (isIPv4(address)) {

@@ -4,13 +4,13 @@
 //
 // The data path is a bare read → `write()` splice, as HAProxy's tcp mode does it in userspace:
 // `write()` returning false pauses the reader, `drain` resumes it, so memory stays bounded by
-// the streams' high-water marks whatever the peers' speeds. Every per-connection handler is
-// created once, when the pair is built; a chunk costs two additions and one write — no closures,
-// no strings (STYLE habit 10).
+// the streams' high-water marks whatever the peers' speeds. The socket event handlers are
+// module-level functions shared by every pair; a chunk costs two additions and one write — no
+// closures, no strings (STYLE habit 10).
 //
-// Backend → client (usually the heavy direction) reads through net's `onread` into one buffer
-// per pair instead of a fresh Buffer per chunk pushed through the Readable machinery: measured
-// here +30% req/s and +40% bulk MiB/s over `data` events, and no garbage buffers for the GC. The
+// Backend → client (usually the heavy direction) reads through net's `onread` into a buffer per
+// pair (512 bytes from Node's pool until a read fills it, then 32 KiB) instead of a fresh Buffer
+// per chunk pushed through the Readable machinery: measured here +30% req/s and +40% bulk MiB/s over `data` events, and no garbage buffers for the GC. The
 // buffer is reused only when the write to the client completed synchronously (`writableLength`
 // back to 0); otherwise the queued write still points into it and the next read gets a new one.
 // Client → backend uses `data` events: sockets accepted by net.Server cannot take `onread`.
@@ -18,6 +18,9 @@
 // Half-close (RFC 9293 §3.6): both sockets allow half-open, a FIN from one side becomes `end()`
 // on the other while the opposite direction keeps flowing; the pair is done when both sockets
 // have closed.
+//
+// Connect timeouts: one timer per listener over a queue of attempts in flight, not a timer per
+// backend socket (each cost a Timeout and a bound function, and a timer-list insert).
 //
 // Idle pairs (tcpIdleTimeoutSeconds): no socket timers, which Node refreshes on every read and
 // write. Instead one sweep per listener compares each pair's byte counters, already kept for the
@@ -36,6 +39,12 @@ import type { Peer } from './upstream/balancer.ts'
 export const MAX_CONNECT_ATTEMPTS = 3
 /** Backend read buffer per pair (HAProxy's tune.bufsize is 16 KiB; 32 KiB measured as fast as 64 KiB for bulk here). */
 const READ_BUFFER_SIZE = 32 * 1024
+/**
+ * A pair's first backend read buffer, from Node's shared 8 KiB pool; the first read that fills
+ * it moves the pair to READ_BUFFER_SIZE. Measured with 8,000 idle sessions: 10.9 KiB RSS per
+ * session with a 32 KiB buffer each, 7.3 with 512 bytes, 8.5 with 2 KiB.
+ */
+const FIRST_READ_BUFFER_SIZE = 512
 /** Longest gap between two idle sweeps; shorter idle timeouts sweep 4 times per period. */
 const MAX_SWEEP_INTERVAL_MS = 1000
 
@@ -57,6 +66,14 @@ class TcpListener implements ProxyListener {
   readonly #server: Server
   readonly #sweepIntervalMs: number
   #sweeper: NodeJS.Timeout | null = null
+  /**
+   * Connect attempts in flight, oldest first: one timer per listener instead of a timer per
+   * backend socket. The timeout is the same for every attempt, so the queue is ordered by
+   * deadline; an entry whose attempt has already connected or failed is skipped when reached.
+   */
+  #connecting: Array<TcpPair | number> = []
+  #connectingHead = 0
+  #connectTimer: NodeJS.Timeout | null = null
   #listening = false
   #closing = false
   #destroyed = false
@@ -129,6 +146,39 @@ class TcpListener implements ProxyListener {
     return child
   }
 
+  /** Time out `pair`'s connect attempt number `attempt`, started at `startedAt`, after connectTimeoutMs. */
+  watchConnect (pair: TcpPair, attempt: number, startedAt: number): void {
+    this.#connecting.push(pair, attempt, startedAt + this.connectTimeoutMs)
+    if (this.#connectTimer === null) this.#connectTimer = setTimeout(this.#expireConnects, this.connectTimeoutMs).unref()
+  }
+
+  readonly #expireConnects = (): void => {
+    this.#connectTimer = null
+    const queue = this.#connecting
+    const now = performance.now()
+    let head = this.#connectingHead
+    while (head < queue.length) {
+      const deadline = queue[head + 2] as number
+      if (deadline > now) break
+      const pair = queue[head] as TcpPair
+      const attempt = queue[head + 1] as number
+      head += 3
+      pair.connectTimedOut(attempt)
+    }
+    if (head >= queue.length) {
+      this.#connecting = []
+      head = 0
+    } else if (head > 3 * 1024 && head * 2 > queue.length) {
+      this.#connecting = queue.slice(head)
+      head = 0
+    }
+    this.#connectingHead = head
+    if (head < this.#connecting.length && this.#connectTimer === null && !this.#destroyed) {
+      const next = (this.#connecting[head + 2] as number) - now
+      this.#connectTimer = setTimeout(this.#expireConnects, Math.max(1, Math.ceil(next))).unref()
+    }
+  }
+
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
@@ -147,6 +197,10 @@ class TcpListener implements ProxyListener {
   #stopSweeper (): void {
     if (this.#sweeper !== null) clearInterval(this.#sweeper)
     this.#sweeper = null
+    if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
+    this.#connectTimer = null
+    this.#connecting = []
+    this.#connectingHead = 0
   }
 
   #stopAccepting (): void {
@@ -159,15 +213,24 @@ class TcpListener implements ProxyListener {
   readonly #onConnection = (socket: Socket): void => {
     socket.on('error', noop)
     const runtime = this.ctx.runtime
-    const address = socket.remoteAddress
-    if (this.#closing || address === undefined) {
+    if (this.#closing) {
       socket.destroy()
       return
     }
-    // Security-group semantics: a source outside allowedSources never reaches a backend.
-    if (!runtime.sourceAllowed(address)) {
-      this.#refuse(socket, address, 'source')
-      return
+    // The peer's address costs a getpeername call: asked only when allowedSources or the access
+    // log needs it.
+    let address: string | undefined
+    if (!runtime.allowsEverySource || this.ctx.accessLog.enabled) {
+      address = socket.remoteAddress
+      if (address === undefined) { // already gone
+        socket.destroy()
+        return
+      }
+      // Security-group semantics: a source outside allowedSources never reaches a backend.
+      if (!runtime.sourceAllowed(address)) {
+        this.#refuse(socket, address, 'source')
+        return
+      }
     }
     if (!runtime.tryAcquire(this.ctx.limits.maxConnectionsPerEndpoint)) {
       this.#refuse(socket, address, 'limit')
@@ -178,13 +241,13 @@ class TcpListener implements ProxyListener {
     pair.connectNext()
   }
 
-  #refuse (socket: Socket, address: string, reason: RefusalReason): void {
+  #refuse (socket: Socket, address: string | undefined, reason: RefusalReason): void {
     socket.destroy()
     this.ctx.runtime.refused(reason)
     this.writeAccessLog(address, socket.remotePort, null, 0, 0, 0, reason)
   }
 
-  writeAccessLog (address: string, port: number | undefined, peer: Peer | null, toBackend: number, toClient: number,
+  writeAccessLog (address: string | undefined, port: number | undefined, peer: Peer | null, toBackend: number, toClient: number,
     durationMs: number, closeReason: CloseReason): void {
     const { accessLog, runtime, mapping } = this.ctx
     if (!accessLog.enabled) return
@@ -193,7 +256,7 @@ class TcpListener implements ProxyListener {
       serviceId: runtime.service.id,
       protocol: 'TCP',
       terminalPort: mapping.terminalPort,
-      client: port === undefined ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`,
+      client: address === undefined ? '' : port === undefined ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`,
       backendId: peer?.backend.id ?? null,
       backendAddress: peer?.backend.address ?? null,
       zone: peer?.backend.zone ?? null,
@@ -209,12 +272,33 @@ const CONNECTING = 0
 const OPEN = 1
 const DONE = 2
 
-/** One client connection and its backend connection. Handlers are bound once, here. */
+/** The pair a socket belongs to, so the event handlers below can be shared by every pair. */
+const PAIR = Symbol('linkgate.tcpPair')
+type PairSocket = Socket & { [PAIR]: TcpPair }
+
+// One set of handlers for every socket of every pair (STYLE habit 10): EventEmitter and net's
+// `onread` call them with `this` set to the socket, whose PAIR names the pair. Per-pair arrow
+// functions cost ~56 bytes each, and a pair had 13 of them; an idle session should cost little
+// more than its two sockets.
+function onClientData (this: PairSocket, chunk: Buffer): void { this[PAIR].clientData(chunk) }
+function onClientEnd (this: PairSocket): void { this[PAIR].clientEnd() }
+function onClientDrain (this: PairSocket): void { this[PAIR].clientDrain() }
+function onClientError (this: PairSocket): void { this[PAIR].clientError() }
+function onClientClose (this: PairSocket, hadError: boolean): void { this[PAIR].clientClose(hadError) }
+function onBackendConnect (this: PairSocket): void { this[PAIR].backendConnect() }
+function onBackendRead (this: PairSocket, n: number, buffer: Uint8Array): boolean { return this[PAIR].backendRead(n, buffer) }
+function onBackendEnd (this: PairSocket): void { this[PAIR].backendEnd() }
+function onBackendDrain (this: PairSocket): void { this[PAIR].backendDrain() }
+function onBackendError (this: PairSocket, err: NodeJS.ErrnoException): void { this[PAIR].backendError(this, err) }
+function onBackendClose (this: PairSocket, hadError: boolean): void { this[PAIR].backendClose(this, hadError) }
+
+/** One client connection and its backend connection. */
 class TcpPair {
   readonly #listener: TcpListener
   readonly #stats: ProtocolStats
   readonly #client: Socket
-  readonly #clientAddress: string
+  /** Only read when the access log needs it (it costs a getpeername call). */
+  readonly #clientAddress: string | undefined
   readonly #clientPort: number | undefined
   readonly #startedAt: number
   #backend: Socket | null = null
@@ -236,22 +320,33 @@ class TcpPair {
   #activeAt = 0
   /** Where the backend socket reads into; null after a queued write took it. */
   #readBuffer: Buffer | null = null
+  /** A read filled the small first buffer: from now on read into READ_BUFFER_SIZE. */
+  #bulk = false
+  /** net asks for the buffer of the next backend read when the socket is set up and after every read. */
+  readonly #nextReadBuffer = (): Buffer => {
+    // Idle and request/response pairs never outgrow the small buffer, which comes from Node's
+    // shared pool: a 32 KiB buffer per pair would cost a resident page even while idle.
+    this.#readBuffer ??= this.#bulk ? Buffer.allocUnsafeSlow(READ_BUFFER_SIZE) : Buffer.allocUnsafe(FIRST_READ_BUFFER_SIZE)
+    return this.#readBuffer
+  }
 
-  constructor (listener: TcpListener, client: Socket, address: string) {
+  constructor (listener: TcpListener, client: Socket, address: string | undefined) {
     this.#listener = listener
     this.#stats = listener.ctx.runtime.tcp
     this.#client = client
     this.#clientAddress = address
-    this.#clientPort = client.remotePort
+    this.#clientPort = address === undefined ? undefined : client.remotePort
     this.#startedAt = performance.now()
+    ;(client as PairSocket)[PAIR] = this
     client.removeListener('error', noop)
-    client.on('error', this.#onClientError)
-    client.on('close', this.#onClientClose)
+    client.on('error', onClientError)
+    client.on('close', onClientClose)
   }
 
   /** Pick the next candidate and connect to it; when none is left, reset the client. */
   connectNext (): void {
-    const { runtime, mapping } = this.#listener.ctx
+    const listener = this.#listener
+    const { runtime, mapping } = listener.ctx
     const peer = runtime.balancer.pick(runtime.zone, this.#tried ?? undefined)
     if (peer === undefined) {
       this.#fail(this.#attempts === 0 ? 'no_backend' : 'connect_failed')
@@ -261,16 +356,21 @@ class TcpPair {
     this.#attempts++
     this.#connectStartedAt = performance.now()
     const backend = new Socket({
-      allowHalfOpen: true, noDelay: true, onread: { buffer: this.#nextReadBuffer, callback: this.#onBackendRead }
-    })
+      allowHalfOpen: true, noDelay: true, onread: { buffer: this.#nextReadBuffer, callback: onBackendRead }
+    }) as PairSocket
+    backend[PAIR] = this
     this.#backend = backend
     this.#backendClosed = false
-    backend.on('connect', this.#onBackendConnect)
-    backend.on('error', this.#onBackendError)
-    backend.on('timeout', this.#onBackendTimeout)
-    backend.on('close', this.#onBackendClose)
-    backend.setTimeout(this.#listener.connectTimeoutMs)
+    backend.on('connect', onBackendConnect)
+    backend.on('error', onBackendError)
+    backend.on('close', onBackendClose)
+    listener.watchConnect(this, this.#attempts, this.#connectStartedAt)
     backend.connect({ host: peer.backend.address, port: mapping.servicePort })
+  }
+
+  /** The listener's connect deadline for `attempt` passed: fail it if it is still connecting. */
+  connectTimedOut (attempt: number): void {
+    if (this.#state === CONNECTING && this.#attempts === attempt && this.#backend !== null) this.#attemptFailed('timeout')
   }
 
   /** Called by the listener's sweep: close the pair when no byte moved for `idleMs`. */
@@ -295,25 +395,25 @@ class TcpPair {
 
   // ---- connecting ----
 
-  readonly #onBackendConnect = (): void => {
+  backendConnect (): void {
     const backend = this.#backend as Socket
     const client = this.#client
     const peer = this.#peer as Peer
     const listener = this.#listener
+    const now = performance.now()
     this.#state = OPEN
     this.#admitted = true
-    this.#activeAt = performance.now()
-    backend.setTimeout(0)
+    this.#activeAt = now
     listener.ctx.upstream.connectSucceeded(peer.health)
-    listener.connectDuration.observe((performance.now() - this.#connectStartedAt) / 1000)
+    listener.connectDuration.observe((now - this.#connectStartedAt) / 1000)
     listener.backendCounter(peer.backend).inc()
     listener.connections.inc()
     this.#stats.active++
-    backend.on('end', this.#onBackendEnd)
-    backend.on('drain', this.#onBackendDrain)
-    client.on('data', this.#onClientData)
-    client.on('end', this.#onClientEnd)
-    client.on('drain', this.#onClientDrain)
+    backend.on('end', onBackendEnd)
+    backend.on('drain', onBackendDrain)
+    client.on('data', onClientData)
+    client.on('end', onClientEnd)
+    client.on('drain', onClientDrain)
     client.resume()
   }
 
@@ -347,7 +447,8 @@ class TcpPair {
     this.#maybeFinish()
   }
 
-  readonly #onBackendError = (err: NodeJS.ErrnoException): void => {
+  backendError (socket: Socket, err: NodeJS.ErrnoException): void {
+    if (socket !== this.#backend) return // a failed attempt's socket
     if (this.#state === CONNECTING) {
       this.#attemptFailed(err.code ?? err.message)
     } else if (this.#reason === null) {
@@ -355,51 +456,46 @@ class TcpPair {
     }
   }
 
-  readonly #onBackendTimeout = (): void => {
-    if (this.#state === CONNECTING) this.#attemptFailed('timeout')
-  }
-
   // ---- data path ----
 
-  readonly #onClientData = (chunk: Buffer): void => {
+  clientData (chunk: Buffer): void {
     const n = chunk.length
     this.#bytesToBackend += n
     this.#stats.bytesToBackend += n
     if (!(this.#backend as Socket).write(chunk)) this.#client.pause()
   }
 
-  /** net asks for the buffer of the next backend read when the socket is set up and after every read. */
-  readonly #nextReadBuffer = (): Buffer => {
-    if (this.#readBuffer === null) this.#readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
-    return this.#readBuffer
-  }
-
   /** `n` bytes from the backend are in `buffer`; returning false stops reading until `resume()`. */
-  readonly #onBackendRead = (n: number, buffer: Uint8Array): boolean => {
+  backendRead (n: number, buffer: Uint8Array): boolean {
     this.#bytesToClient += n
     this.#stats.bytesToClient += n
     const client = this.#client
     const flowing = client.write((buffer as Buffer).subarray(0, n))
-    if (client.writableLength !== 0) this.#readBuffer = null
+    if (client.writableLength !== 0) {
+      this.#readBuffer = null // the queued write still points into it
+    } else if (n === buffer.length && !this.#bulk) {
+      this.#bulk = true
+      this.#readBuffer = null
+    }
     return flowing
   }
 
-  readonly #onBackendDrain = (): void => {
+  backendDrain (): void {
     this.#client.resume()
   }
 
-  readonly #onClientDrain = (): void => {
+  clientDrain (): void {
     // On an `onread` socket, resume() restarts the reads that a false return stopped.
     (this.#backend as Socket).resume()
   }
 
-  readonly #onClientEnd = (): void => {
+  clientEnd (): void {
     this.#clientEnded = true
     if (this.#reason === null) this.#reason = 'client'
     ;(this.#backend as Socket).end()
   }
 
-  readonly #onBackendEnd = (): void => {
+  backendEnd (): void {
     this.#backendEnded = true
     if (this.#reason === null) this.#reason = 'backend'
     this.#client.end()
@@ -407,11 +503,11 @@ class TcpPair {
 
   // ---- teardown ----
 
-  readonly #onClientError = (): void => {
+  clientError (): void {
     if (this.#reason === null) this.#reason = 'reset'
   }
 
-  readonly #onClientClose = (hadError: boolean): void => {
+  clientClose (hadError: boolean): void {
     this.#clientClosed = true
     const backend = this.#backend
     if (backend !== null && !this.#backendClosed) {
@@ -428,7 +524,8 @@ class TcpPair {
     this.#maybeFinish()
   }
 
-  readonly #onBackendClose = (hadError: boolean): void => {
+  backendClose (socket: Socket, hadError: boolean): void {
+    if (socket !== this.#backend) return
     this.#backendClosed = true
     if (!this.#clientClosed && !(this.#clientEnded && this.#backendEnded)) {
       if (hadError) this.#client.resetAndDestroy()

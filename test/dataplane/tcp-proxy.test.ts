@@ -1,16 +1,18 @@
 // TCP proxy behaviour through a real DataPlane, real sockets on 127.21.0.0/16 (this file:
-// 127.21.1.0 - 127.21.9.255 and 127.21.30.0/24). Each test takes its own /24.
+// 127.21.1.0 - 127.21.9.255, 127.21.30.0/24 and 127.21.31.0/24). Each test takes its own /24.
 import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
+import { performance } from 'node:perf_hooks'
 import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import {
   RecordingAccessLog, closed, connectTo, fetchId, freePort, makeBackend, makeEndpoint, makeService, metricValue,
   openStore, putEndpoint, putService, readAll, roundTrip, startEchoServer, startIdServer, startProxy, startTcpServer,
-  waitFor
+  waitFor, type Teardown
 } from '../helpers/dataplane-fixtures.ts'
 
 t.test('bytes pass unchanged both ways and are counted', async (t) => {
@@ -123,6 +125,75 @@ t.test('a backend that refuses connections is skipped and every client gets thro
   for (let i = 0; i < 10; i++) t.equal(await fetchId('127.21.5.100', px.port), 'live', `connection ${i}`)
   t.equal(await metricValue(px.metrics, 'linkgate_connections_refused_total', { endpoint_id: px.endpoint.id }), 0)
   t.equal(px.upstream.backendHealth(px.service.id, dead.id), 'unhealthy', 'three failed connects mark it unhealthy')
+})
+
+/**
+ * A backend whose connects hang: a child process listening with backlog 1, stopped (SIGSTOP),
+ * its accept queue filled. The kernel then drops further SYNs, so a connect neither succeeds nor
+ * is refused — what a blackholed or overloaded host looks like.
+ */
+async function startStalledBackend (t: Teardown, host: string): Promise<number> {
+  const script = "const s = require('node:net').createServer(() => {}); " +
+    `s.listen({ host: '${host}', port: 0, backlog: 1 }, () => console.log(s.address().port))`
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const [line] = await once(child.stdout, 'data') as [Buffer]
+  const port = Number(line.toString().trim())
+  child.kill('SIGSTOP')
+  const fillers: Socket[] = []
+  t.teardown(() => { for (const s of fillers) s.destroy() })
+  for (let i = 0; i < 4; i++) {
+    const s = connect({ host, port })
+    s.on('error', () => {})
+    fillers.push(s)
+  }
+  // The queue is full once a further connect stays pending.
+  await waitFor(async () => !(await connectsWithin(host, port, 200)), 5000, 'the stalled backend to stop completing connects')
+  return port
+}
+
+function connectsWithin (host: string, port: number, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host, port })
+    const done = (ok: boolean): void => { clearTimeout(timer); s.destroy(); resolve(ok) }
+    const timer = setTimeout(() => done(false), ms)
+    s.on('connect', () => done(true))
+    s.on('error', () => done(false))
+  })
+}
+
+t.test('a backend whose connect hangs is given up after connectTimeoutMs and the next candidate serves', async (t) => {
+  const stalledPort = await startStalledBackend(t, '127.21.31.1')
+  // Both backends on the stalled port number: linkgate maps one servicePort for all backends.
+  await startIdServer(t, '127.21.31.2', 'live', stalledPort)
+  const stalled = makeBackend('127.21.31.1', 'zone-a', 200)
+  const live = makeBackend('127.21.31.2', 'zone-a', 100)
+  const px = await startProxy(t, {
+    ip: '127.21.31.100', servicePort: stalledPort, backends: [stalled, live], config: { limits: { connectTimeoutMs: 300 } }
+  })
+  const started = performance.now()
+  // Weight 200 against 100: smooth WRR picks the stalled backend first.
+  t.equal(await fetchId('127.21.31.100', px.port), 'live', 'the client is served by the next candidate')
+  const waited = performance.now() - started
+  t.ok(waited >= 290, `the first attempt was given its connectTimeoutMs before failing over (${Math.round(waited)} ms)`)
+  t.equal(await metricValue(px.metrics, 'linkgate_connections_refused_total', { endpoint_id: px.endpoint.id }), 0)
+  t.equal(await metricValue(px.metrics, 'linkgate_backend_connections_total', { backend_id: stalled.id }), 0)
+})
+
+t.test('when the only backend hangs, the client is reset once connectTimeoutMs passes and counted as connect_failed', async (t) => {
+  const port = await startStalledBackend(t, '127.21.31.3')
+  const px = await startProxy(t, {
+    ip: '127.21.31.101', servicePort: port, backends: [makeBackend('127.21.31.3')], config: { limits: { connectTimeoutMs: 200 } }
+  })
+  const started = performance.now()
+  const client = await connectTo(t, '127.21.31.101', px.port)
+  const got = await readAll(client)
+  const waited = performance.now() - started
+  t.equal(got.error?.code, 'ECONNRESET')
+  // One backend: the attempts after the first find no untried candidate, so one timeout ends it.
+  t.ok(waited >= 190, `reset only after the connect timed out (${Math.round(waited)} ms)`)
+  t.equal(await metricValue(px.metrics, 'linkgate_connections_refused_total', { endpoint_id: px.endpoint.id, reason: 'connect_failed' }), 1)
+  t.equal(px.upstream.backendHealth(px.service.id, px.service.backends[0]?.id ?? ''), 'unknown', 'one timeout is not three failures')
 })
 
 t.test('when every backend refuses, the client is reset and the refusal counted as connect_failed', async (t) => {
