@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=8
 // The CLI (SPEC §1) and signal handling only. `linkgate start [--config FILE] [--state-dir DIR]`,
 // `linkgate check-config FILE`. First SIGINT/SIGTERM: graceful close (stop accepting, drain up to
 // limits.shutdownGraceSeconds, exit 0); a second one ends everything at once (exit 1).

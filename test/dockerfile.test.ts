@@ -89,7 +89,7 @@ t.test('EXPOSE names the API port on TCP and the DNS port on UDP and TCP', async
 })
 
 t.test('ENTRYPOINT and CMD start linkgate with the image\'s config file', async (t) => {
-  t.same(execForm(one(runtime, 'ENTRYPOINT')), ['node', 'dist/main.js'])
+  t.same(execForm(one(runtime, 'ENTRYPOINT')), ['node', '--max-semi-space-size=8', 'dist/main.js'])
   t.same(execForm(one(runtime, 'CMD')), ['start', '--config', '/etc/linkgate/config.yaml'])
 })
 
