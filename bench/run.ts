@@ -20,10 +20,10 @@ import { memoryCase } from './cases/memory.ts'
 import { throughputCase } from './cases/throughput.ts'
 import { udpCase } from './cases/udp.ts'
 import { fullPlan, quickPlan, type BenchContext, type PeerState } from './cases/context.ts'
-import { findTool, run, type Daemon } from './lib/proc.ts'
+import { findTool, run, tcpAccepts, type Daemon } from './lib/proc.ts'
 import { toMarkdown, toSvg } from './lib/report.ts'
 import type { Row, RunResults } from './lib/results.ts'
-import { peerAddress, type PeerName } from './lib/topology.ts'
+import { benchTcpListeners, peerAddress, type PeerName } from './lib/topology.ts'
 import { startBackends, type Backends } from './peers/backends.ts'
 import { startHaproxy } from './peers/haproxy.ts'
 import { linkgateUnavailable, repoRoot, startLinkgate } from './peers/linkgate.ts'
@@ -130,6 +130,11 @@ async function main (): Promise<void> {
 
   const rows: Row[] = []
   try {
+    // Something already serving a bench address would answer the readiness probes and take the
+    // load in place of the peer the bench started (HAProxy even shares its ports): refuse.
+    const taken = []
+    for (const [host, port] of benchTcpListeners()) if (await tcpAccepts(host, port, 300)) taken.push(`${host}:${port}`)
+    if (taken.length > 0) throw new Error(`already in use by another process: ${taken.join(', ')} (another bench or proxy on 127.50.0.0/16?)`)
     log('starting the backends: nginx (HTTP), iperf3, idle-session server, dnsmasq')
     backends = await startBackends(dir)
     for (const name of ['haproxy', 'nginx', 'linkgate'] as const) {
@@ -164,7 +169,10 @@ async function main (): Promise<void> {
       [2, 'HTTP over keep-alive (wrk, 50 connections)', () => keepAliveCase(ctx)],
       [3, 'new connection per request (wrk, Connection: close)', () => connectionRateCase(ctx)],
       [4, 'UDP through the proxies (dnsperf to dnsmasq)', () => udpCase(ctx)],
-      [5, 'DNS serving (dnsperf)', () => dnsCase(ctx, backends?.dnsmasq.running === true ? undefined : 'dnsmasq is not running')],
+      [5, 'DNS serving (dnsperf)', () => {
+        const dnsmasq = backends?.dnsmasq.running === true ? backends.dnsmasq : undefined
+        return dnsCase(ctx, dnsmasq === undefined ? 'dnsmasq is not running' : undefined, dnsmasq?.pid)
+      }],
       [6, 'memory per idle session', () => memoryCase(ctx)],
       [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)]
     ]

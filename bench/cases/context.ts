@@ -1,5 +1,5 @@
 // What every case gets: the run's settings, the tools, and how to reach each peer.
-import type { Daemon } from '../lib/proc.ts'
+import type { CpuTime, Daemon } from '../lib/proc.ts'
 import type { Cell, Column } from '../lib/results.ts'
 import type { PeerName } from '../lib/topology.ts'
 
@@ -110,6 +110,15 @@ export function cellsOf<T> (outcomes: Map<PeerName, Outcome<T>>, pick: (result: 
     cells[name] = samples.length === 1 ? { value: samples[0] as number } : { value: median(samples), samples }
   }
   return cells
+}
+
+/**
+ * CPU time per operation in µs: the ms of `kind` a run's processes used ÷ the operations it
+ * completed. NaN (shown as such) when the run has no CPU figure or completed nothing.
+ */
+export function microsPerOp (cpu: CpuTime | undefined, kind: keyof CpuTime, operations: number): number {
+  const ms = cpu?.[kind]
+  return ms === undefined || operations <= 0 ? Number.NaN : ms * 1000 / operations
 }
 
 export type { Column }

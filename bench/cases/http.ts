@@ -2,16 +2,24 @@
 // Case 2 keeps 50 connections alive (req/s, p50, p99); case 3 sends `Connection: close`, so
 // every request is a new TCP connection through the proxy (conn/s, p99); case 7 is case 2 with
 // each proxy's logging on, against the same proxy with it off, measured back to back.
+// Cases 2 and 3 also give the proxy's CPU time per request, user and kernel, read from /proc
+// around the measured run: where the time goes, beside how fast it went.
 import { parseWrk, type WrkResult } from '../lib/parse.ts'
-import { run } from '../lib/proc.ts'
+import { cpuSince, run, type CpuTime } from '../lib/proc.ts'
 import type { Cell, Row } from '../lib/results.ts'
 import { ports, type PeerName } from '../lib/topology.ts'
-import { cellsOf, perPeer, tcpPeers, unavailableCell, type BenchContext, type Outcome, type PeerState } from './context.ts'
+import { cellsOf, microsPerOp, perPeer, tcpPeers, unavailableCell, type BenchContext, type Outcome, type PeerState } from './context.ts'
 
 export const wrkConnections = 50
 
-/** One wrk run against `peer`; with `warmUp`, a short run first (JIT, buffer pools), unless the plan has none. */
-export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach: boolean, warmUp: boolean): Promise<WrkResult> {
+/** A wrk run, and the CPU time the peer's processes used during it (none for direct). */
+export type WrkRun = WrkResult & { readonly cpu?: CpuTime }
+
+/**
+ * One wrk run against `peer`; with `warmUp`, a short run first (JIT, buffer pools), unless the
+ * plan has none. The CPU time covers the measured run only, not the warm-up.
+ */
+export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach: boolean, warmUp: boolean): Promise<WrkRun> {
   const wrk = ctx.tools.wrk
   if (wrk === undefined) throw new Error('wrk not installed')
   const seconds = ctx.plan.seconds.wrk
@@ -23,25 +31,43 @@ export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach:
   ]
   const warm = ctx.plan.seconds.wrkWarmUp
   if (warmUp && warm > 0) await run(wrk, args(warm), { timeoutMs: (warm + 15) * 1000 })
+  const pid = peer.daemon?.pid
+  const used = pid === undefined ? undefined : cpuSince(pid)
   const r = await run(wrk, args(seconds), { timeoutMs: (seconds + 15) * 1000 })
+  const cpu = used?.()
   if (r.timedOut) throw new Error(`wrk did not finish within ${seconds + 15} s`)
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.trim()}`)
   const result = parseWrk(r.stdout)
-  ctx.log(`  ${peer.name}: ${Math.round(result.requestsPerSecond)} req/s, p50 ${result.p50Ms.toFixed(2)} ms, p99 ${result.p99Ms.toFixed(2)} ms, errors ${result.errors}`)
-  return result
+  const cpuText = cpu === undefined
+    ? ''
+    : `, CPU/request ${microsPerOp(cpu, 'userMs', result.requests).toFixed(1)} µs user + ${microsPerOp(cpu, 'systemMs', result.requests).toFixed(1)} µs kernel`
+  ctx.log(`  ${peer.name}: ${Math.round(result.requestsPerSecond)} req/s, p50 ${result.p50Ms.toFixed(2)} ms, p99 ${result.p99Ms.toFixed(2)} ms, errors ${result.errors}${cpuText}`)
+  return { ...result, cpu }
 }
 
 function noWrk (peers: readonly PeerName[]): Row['cells'] {
   return Object.fromEntries(peers.map((p) => [p, unavailableCell('wrk not installed')]))
 }
 
-function wrkRounds (ctx: BenchContext, peers: readonly PeerName[], closeEach: boolean): Promise<Map<PeerName, Outcome<WrkResult>>> {
+function wrkRounds (ctx: BenchContext, peers: readonly PeerName[], closeEach: boolean): Promise<Map<PeerName, Outcome<WrkRun>>> {
   return perPeer(ctx, peers, (peer, round) => wrkAgainst(ctx, peer, closeEach, round === 0), ctx.plan.rounds.wrk)
 }
 
 function roundsNote (ctx: BenchContext): string {
   const { rounds, seconds } = ctx.plan
   return `${wrkConnections} connections, ${rounds.wrk > 1 ? `median of ${rounds.wrk} runs of ` : ''}${seconds.wrk} s`
+}
+
+/** The proxy's CPU time per request (case 3: per connection), user and kernel, in µs. */
+function cpuRows (base: { caseId: number, caseName: string, reference: 'haproxy' }, per: string, outcomes: Map<PeerName, Outcome<WrkRun>>): Row[] {
+  const direct = { note: 'n/a: no proxy process' }
+  return [
+    { ...base, metric: `proxy CPU per ${per}, user`, unit: 'µs', better: 'lower',
+      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'userMs', r.requests)), direct },
+      note: 'CPU time of the proxy\'s processes (nginx: master + workers), all threads, from /proc/PID/stat, during the measured run, ÷ the requests wrk completed' },
+    { ...base, metric: `proxy CPU per ${per}, kernel`, unit: 'µs', better: 'lower',
+      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'systemMs', r.requests)), direct } }
+  ]
 }
 
 export async function keepAliveCase (ctx: BenchContext): Promise<Row[]> {
@@ -54,7 +80,8 @@ export async function keepAliveCase (ctx: BenchContext): Promise<Row[]> {
     { ...base, metric: 'p50 latency', unit: 'ms', better: 'lower', cells: cellsOf(outcomes, (r) => r.p50Ms) },
     { ...base, metric: 'p99 latency', unit: 'ms', better: 'lower', cells: cellsOf(outcomes, (r) => r.p99Ms),
       target: { kind: 'ratio', against: 'haproxy', max: 1, text: '≤ HAProxy' } },
-    { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) }
+    { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) },
+    ...cpuRows(base, 'request', outcomes)
   ]
 }
 
@@ -67,7 +94,8 @@ export async function connectionRateCase (ctx: BenchContext): Promise<Row[]> {
       target: { kind: 'ratio', against: 'haproxy', min: 1, text: '≥ 1.0× HAProxy' }, note: `wrk -H "Connection: close", ${roundsNote(ctx)}` },
     { ...base, metric: 'p99 latency', unit: 'ms', better: 'lower', cells: cellsOf(outcomes, (r) => r.p99Ms),
       target: { kind: 'ratio', against: 'haproxy', max: 1, text: '≤ HAProxy' } },
-    { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) }
+    { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) },
+    ...cpuRows(base, 'connection', outcomes)
   ]
 }
 

@@ -1,7 +1,7 @@
 // Child processes for the bench: one-shot tools (bounded by a kill timer) and daemons (each in
 // its own process group, so nginx's workers go with their master, and a crash of the harness
 // still ends everything it started).
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants, readFileSync, readdirSync } from 'node:fs'
 import { connect } from 'node:net'
 import { delimiter, join } from 'node:path'
@@ -169,6 +169,56 @@ export function rssKiB (pid: number, tree = true): number {
     } catch {}
   }
   return total
+}
+
+export interface CpuTime {
+  readonly userMs: number
+  readonly systemMs: number
+}
+
+let clockTicks: number | undefined
+/** /proc counts CPU time in clock ticks; 100 per second on every common Linux build. */
+function ticksPerSecond (): number {
+  if (clockTicks === undefined) {
+    let n = Number.NaN
+    try {
+      n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).trim())
+    } catch {}
+    clockTicks = Number.isInteger(n) && n > 0 ? n : 100
+  }
+  return clockTicks
+}
+
+/**
+ * CPU time used so far by `pid` plus, with `tree`, every live descendant (nginx workers):
+ * utime and stime (fields 14 and 15 of /proc/PID/stat), which cover all of a process's threads.
+ * A process that is gone by the time it is read counts nothing.
+ */
+export function cpuTime (pid: number, tree = true): CpuTime {
+  const pids = tree ? [pid, ...descendants(pid)] : [pid]
+  const hz = ticksPerSecond()
+  let user = 0
+  let system = 0
+  for (const p of pids) {
+    try {
+      // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+      // What follows is field 3 onwards, so fields 14 and 15 are at index 11 and 12.
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      user += Number(fields[11])
+      system += Number(fields[12])
+    } catch {}
+  }
+  return { userMs: user * 1000 / hz, systemMs: system * 1000 / hz }
+}
+
+/** Starts a CPU meter on `pid`'s processes; the function it returns gives the time used since. */
+export function cpuSince (pid: number, tree = true): () => CpuTime {
+  const start = cpuTime(pid, tree)
+  return () => {
+    const now = cpuTime(pid, tree)
+    return { userMs: now.userMs - start.userMs, systemMs: now.systemMs - start.systemMs }
+  }
 }
 
 function descendants (root: number): number[] {

@@ -67,7 +67,7 @@ export function toMarkdown (run: RunResults): string {
 
   out.push('', '## Ratios', '')
   out.push('Each figure divided by the row\'s reference (HAProxy; nginx for UDP; dnsmasq for DNS serving), and by direct. ' +
-    'For latency, loss and memory, lower is better, so a ratio below 1 is the better one.', '')
+    'For latency, loss, memory and CPU time, lower is better, so a ratio below 1 is the better one.', '')
   const proxies = used.filter((c) => c !== 'direct')
   out.push(`| case | metric | reference | ${proxies.map((c) => `${columnTitle[c]} ÷ ref`).join(' | ')} | ${proxies.map((c) => `${columnTitle[c]} ÷ direct`).join(' | ')} |`)
   out.push(`|---|---|---|${proxies.map(() => '--:').join('|')}|${proxies.map(() => '--:').join('|')}|`)
@@ -101,9 +101,13 @@ export function relative (row: Row, column: Column): number | undefined {
   return r === 0 ? undefined : 1 / r
 }
 
-/** Rows worth a bar: a reference figure exists and the metric is not a count of failures. */
+/**
+ * Rows worth a bar: those with a target (issue 8), when a reference figure exists. The other
+ * rows (p50, CPU per operation, case 7) would more than double the chart; the Markdown has them.
+ */
 function chartRows (run: RunResults): Row[] {
-  return run.rows.filter((row) => ratioWorthy(row) && row.cells[row.reference]?.value !== undefined && row.cells[row.reference]?.value !== 0)
+  return run.rows.filter((row) => row.target !== undefined && ratioWorthy(row) &&
+    row.cells[row.reference]?.value !== undefined && row.cells[row.reference]?.value !== 0)
 }
 
 /** Where linkgate's target sits on the chart's scale (reference = 1, higher is better). */
@@ -182,7 +186,7 @@ export function toSvg (run: RunResults): string {
       '.goal{stroke:#d62728;stroke-width:3}.val,.na{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}</style>',
     '<rect width="100%" height="100%" fill="#fff"/>',
     `<text x="20" y="24" class="label" font-size="15" font-weight="bold">${escapeXml(`linkgate bench ${run.date}${run.quick ? ' (quick)' : ''}: relative to the reference (1.0×), higher is better${unavailable}`)}</text>`,
-    `<text x="20" y="42" class="sub">${escapeXml('Reference: HAProxy (TCP), nginx (UDP), dnsmasq (DNS serving). Latency and memory are inverted (reference ÷ value). Bars cut at 4×.')}</text>`,
+    `<text x="20" y="42" class="sub">${escapeXml('Rows with a target; the Markdown has every row. Reference: HAProxy (TCP), nginx (UDP), dnsmasq (DNS serving). Latency and memory inverted (ref ÷ value). Bars cut at 4×.')}</text>`,
     ...ticks,
     ...parts,
     ...legend,

@@ -57,3 +57,14 @@ export function peerAddress (peer: PeerName): string {
     case 'linkgate': return topology.linkgate.endpoint
   }
 }
+
+/** Every TCP address:port the bench binds: backends, each proxy's ports, linkgate's API. */
+export function benchTcpListeners (): Array<[string, number]> {
+  const tcp = [ports.iperf, ports.http, ports.idle]
+  const out: Array<[string, number]> = []
+  for (const host of [topology.backend, topology.haproxy, topology.nginx, topology.linkgate.endpoint]) {
+    for (const port of tcp) out.push([host, port])
+  }
+  out.push([topology.linkgate.api, topology.linkgate.apiPort], [topology.linkgate.dns, topology.linkgate.dnsPort])
+  return out
+}

@@ -1,7 +1,8 @@
-// linkgate itself, started through its CLI as a user would: `node dist/main.js start --config
-// FILE`. The config declares one endpoint service (every bench port, one backend) and one
-// accepted endpoint with fixed ids, so the DNS names are known in advance (SPEC §2, §6).
-import { existsSync } from 'node:fs'
+// linkgate itself, started through its CLI as a user would: `linkgate start --config FILE`, that
+// is dist/main.js with the Node flags of its shebang line. The config declares one endpoint
+// service (every bench port, one backend) and one accepted endpoint with fixed ids, so the DNS
+// names are known in advance (SPEC §2, §6).
+import { existsSync, readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { stringify } from 'yaml'
@@ -70,6 +71,13 @@ export function linkgateConfig (dir: string, options: LinkgateOptions = {}): str
   return '# written by bench/peers/linkgate.ts\n' + stringify(linkgateConfigObject(dir, options))
 }
 
+/** The Node flags on the shebang line of linkgate's `bin`, so the bench runs what `linkgate start` runs. */
+export function linkgateNodeFlags (): string[] {
+  const first = readFileSync(linkgateMain, 'utf8').split('\n', 1)[0] ?? ''
+  const flags = /^#!\/usr\/bin\/env -S node\b(.*)$/.exec(first)?.[1] ?? ''
+  return flags.split(/\s+/).filter((f) => f !== '')
+}
+
 /** Why linkgate cannot take part, or undefined when its CLI is built. */
 export function linkgateUnavailable (): string | undefined {
   if (!existsSync(linkgateMain)) return `${linkgateMain} not found: run \`npm run build\` (src/main.ts must exist)`
@@ -81,7 +89,7 @@ export async function startLinkgate (dir: string, options: LinkgateOptions = {})
   if (missing !== undefined) throw new Error(missing)
   const file = join(dir, 'linkgate.yaml')
   await writeFile(file, linkgateConfig(dir, options))
-  const daemon = new Daemon('linkgate', process.execPath, [linkgateMain, 'start', '--config', file], { cwd: dir })
+  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), linkgateMain, 'start', '--config', file], { cwd: dir })
   const lg = topology.linkgate
   const [name] = linkgateDnsNames()
   try {

@@ -1,14 +1,17 @@
 // The bench harness's pure parts: the configs it writes are accepted by the real tools
 // (`haproxy -c`, `nginx -t`, `dnsmasq --test`) and by linkgate's own config schema; the parsers
-// read the tools' real output; targets are judged as issue 8 states them.
+// read the tools' real output; targets are judged as issue 8 states them; CPU time is read from
+// /proc for a real process.
 // A missing tool skips its test with the reason, except under CI=true where it fails.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { parseDnsperf, parseIperf, parseWrk } from '../../bench/lib/parse.ts'
-import { findTool } from '../../bench/lib/proc.ts'
+import { cpuTime, findTool } from '../../bench/lib/proc.ts'
 import { toMarkdown, toSvg } from '../../bench/lib/report.ts'
 import { evaluateTarget, type Row, type RunResults } from '../../bench/lib/results.ts'
 import { benchIds, ports, topology } from '../../bench/lib/topology.ts'
@@ -230,4 +233,39 @@ t.test('the SVG chart is one well-formed svg element with a bar per figure', asy
   t.match(svg, /<\/svg>\n$/)
   t.equal([...svg.matchAll(/<rect x="300"/g)].length, 3, 'direct, HAProxy and nginx bars')
   t.match(svg, 'linkgate: not available')
+})
+
+t.test('cpuTime counts the user time of a child that burns CPU', { skip: process.platform === 'linux' ? false : 'reads /proc' }, async (t) => {
+  // Busy for 600 ms, then waits on stdin, so it can be read after the burn and before it exits.
+  const child = spawn(process.execPath, ['-e', 'const t = Date.now(); while (Date.now() - t < 600) {} process.stdout.write("done\\n"); process.stdin.resume()'],
+    { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const pid = child.pid
+  if (pid === undefined) throw new Error('child did not start')
+  const before = cpuTime(pid)
+  await once(child.stdout, 'data')
+  const after = cpuTime(pid)
+  child.stdin.end()
+  const userMs = after.userMs - before.userMs
+  // The burn is 600 ms of wall time; on a busy machine it gets less CPU, so only a sanity bound.
+  t.ok(userMs > 100, `user time grew by ${userMs} ms`)
+  t.ok(after.systemMs >= before.systemMs, `kernel time ${before.systemMs} -> ${after.systemMs} ms`)
+})
+
+t.test('cpuTime of a process that is gone is zero', async (t) => {
+  const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' })
+  await once(child, 'exit')
+  t.same(cpuTime(child.pid as number), { userMs: 0, systemMs: 0 })
+})
+
+t.test('CPU-per-operation rows get a ratio to the reference and stay off the chart', async (t) => {
+  const cpuRow: Row = {
+    caseId: 2, caseName: 'HTTP keep-alive', metric: 'proxy CPU per request, user', unit: 'µs', better: 'lower', reference: 'haproxy',
+    cells: { direct: { note: 'n/a: no proxy process' }, haproxy: { value: 10 }, nginx: { value: 12 }, linkgate: { value: 25 } }
+  }
+  const run = { ...sampleRun, peersUnavailable: {}, rows: [...sampleRun.rows, cpuRow] }
+  const md = toMarkdown(run)
+  t.match(md, '| 2. HTTP keep-alive | proxy CPU per request, user (µs) | n/a | 10.0 | 12.0 | 25.0 |  |  | direct: n/a: no proxy process |')
+  t.match(md, '| 2 | proxy CPU per request, user | HAProxy | 1.00× | 1.20× | 2.50× | — | — | — |')
+  t.notMatch(toSvg(run), 'CPU per request')
 })
