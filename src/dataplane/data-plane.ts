@@ -151,7 +151,6 @@ export class DataPlane {
       if (state.services[id] === undefined) {
         const gone = this.#balancers.get(id)?.service
         this.#balancers.delete(id)
-        this.#opts.upstream.forget(id)
         if (gone !== undefined) this.#dropSeries(gone, [])
       }
     }

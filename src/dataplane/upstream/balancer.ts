@@ -45,9 +45,6 @@ export class ServiceBalancer {
         return i === undefined ? 0 : scope.current[i] ?? 0
       })
     }
-    for (const id of oldIndex.keys()) {
-      if (!service.backends.some((b) => b.id === id)) this.#upstream.forget(service.id, id)
-    }
     this.#peers = peers
     this.#sameZonePreferred = service.sameZonePreferred
   }

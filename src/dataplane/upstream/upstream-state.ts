@@ -80,7 +80,10 @@ export class UpstreamState extends EventEmitter<UpstreamStateEvents> implements 
     rec.passiveFailures = 0
   }
 
-  /** Drop a backend's record (removed backend), or a whole service's. */
+  /**
+   * Drop a backend's record (removed backend), or a whole service's. The HealthChecker owns the
+   * records' lifetime, as it follows every service change; balancers only read them.
+   */
   forget (serviceId: string, backendId?: string): void {
     if (backendId === undefined) this.#byService.delete(serviceId)
     else this.#byService.get(serviceId)?.delete(backendId)

@@ -124,6 +124,7 @@ t.test('a deleted service stops being probed and leaves no backend_up series', a
   const probes = a.accepted.length
   await sleep(intervalMs * 2)
   t.equal(a.accepted.length, probes, 'no probe after deletion')
+  t.same(h.upstream.backendIds(id), [], 'its health records are forgotten')
 })
 
 t.test('backend_up is 0 for an unhealthy backend, 1 for a healthy one, and moves with a zone change', async (t) => {
