@@ -10,9 +10,10 @@
 //
 // Backend → client (usually the heavy direction) reads through net's `onread` into a buffer per
 // pair (512 bytes from Node's pool until a read fills it, then 32 KiB) instead of a fresh Buffer
-// per chunk pushed through the Readable machinery: measured here +30% req/s and +40% bulk MiB/s over `data` events, and no garbage buffers for the GC. The
-// buffer is reused only when the write to the client completed synchronously (`writableLength`
-// back to 0); otherwise the queued write still points into it and the next read gets a new one.
+// per chunk pushed through the Readable machinery: measured here +30% req/s and +40% bulk MiB/s
+// over `data` events, and no garbage buffers for the GC. The buffer is reused only when the
+// write to the client completed synchronously (`writableLength` back to 0); otherwise the queued
+// write still points into it and the next read gets a new one.
 // Client → backend uses `data` events: sockets accepted by net.Server cannot take `onread`.
 //
 // Half-close (RFC 9293 §3.6): both sockets allow half-open, a FIN from one side becomes `end()`
@@ -122,7 +123,7 @@ class TcpListener implements ProxyListener {
   close (): Promise<void> {
     this.#stopAccepting()
     if (this.pairs.size === 0) {
-      this.#stopSweeper()
+      this.#stopTimers()
       return Promise.resolve()
     }
     return new Promise((resolve) => { this.#closeWaiters.push(resolve) })
@@ -131,7 +132,7 @@ class TcpListener implements ProxyListener {
   destroy (reason: CloseReason): void {
     this.#destroyed = true
     this.#stopAccepting()
-    this.#stopSweeper()
+    this.#stopTimers()
     for (const pair of this.pairs) pair.destroy(reason)
   }
 
@@ -182,7 +183,7 @@ class TcpListener implements ProxyListener {
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
-      this.#stopSweeper()
+      this.#stopTimers()
       const waiters = this.#closeWaiters
       this.#closeWaiters = []
       for (const resolve of waiters) resolve()
@@ -194,7 +195,7 @@ class TcpListener implements ProxyListener {
     for (const pair of this.pairs) pair.checkIdle(now, this.idleMs)
   }
 
-  #stopSweeper (): void {
+  #stopTimers (): void {
     if (this.#sweeper !== null) clearInterval(this.#sweeper)
     this.#sweeper = null
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)

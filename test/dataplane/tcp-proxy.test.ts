@@ -10,7 +10,7 @@ import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import {
-  RecordingAccessLog, closed, connectTo, fetchId, freePort, makeBackend, makeEndpoint, makeService, metricValue,
+  RecordingAccessLog, canConnect, closed, connectTo, fetchId, freePort, makeBackend, makeEndpoint, makeService, metricValue,
   openStore, putEndpoint, putService, readAll, roundTrip, startEchoServer, startIdServer, startProxy, startTcpServer,
   waitFor, type Teardown
 } from '../helpers/dataplane-fixtures.ts'
@@ -148,18 +148,8 @@ async function startStalledBackend (t: Teardown, host: string): Promise<number> 
     fillers.push(s)
   }
   // The queue is full once a further connect stays pending.
-  await waitFor(async () => !(await connectsWithin(host, port, 200)), 5000, 'the stalled backend to stop completing connects')
+  await waitFor(async () => !(await canConnect(host, port, 200)), 5000, 'the stalled backend to stop completing connects')
   return port
-}
-
-function connectsWithin (host: string, port: number, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host, port })
-    const done = (ok: boolean): void => { clearTimeout(timer); s.destroy(); resolve(ok) }
-    const timer = setTimeout(() => done(false), ms)
-    s.on('connect', () => done(true))
-    s.on('error', () => done(false))
-  })
 }
 
 t.test('a backend whose connect hangs is given up after connectTimeoutMs and the next candidate serves', async (t) => {

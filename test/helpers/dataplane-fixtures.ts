@@ -349,12 +349,17 @@ export function closed (socket: Socket, timeoutMs = 2000): Promise<void> {
   })
 }
 
-/** Does a TCP connect to host:port succeed (true) or get refused (false)? */
-export function canConnect (host: string, port: number): Promise<boolean> {
+/**
+ * Does a TCP connect to host:port succeed (true) or get refused (false)? With `timeoutMs`, a
+ * connect still pending by then (a stalled listener) is given up and counts as false.
+ */
+export function canConnect (host: string, port: number, timeoutMs?: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host, port })
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => done(false), timeoutMs)
+    const done = (ok: boolean): void => { clearTimeout(timer); socket.destroy(); resolve(ok) }
+    socket.once('connect', () => done(true))
+    socket.once('error', () => done(false))
   })
 }
 
