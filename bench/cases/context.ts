@@ -1,6 +1,6 @@
 // What every case gets: the run's settings, the tools, and how to reach each peer.
 import type { CpuTime, Daemon } from '../lib/proc.ts'
-import type { Cell, Column } from '../lib/results.ts'
+import type { Cell, Column, Row } from '../lib/results.ts'
 import type { PeerName } from '../lib/topology.ts'
 
 export interface PeerState {
@@ -119,6 +119,22 @@ export function cellsOf<T> (outcomes: Map<PeerName, Outcome<T>>, pick: (result: 
 export function microsPerOp (cpu: CpuTime | undefined, kind: keyof CpuTime, operations: number): number {
   const ms = cpu?.[kind]
   return ms === undefined || operations <= 0 ? Number.NaN : ms * 1000 / operations
+}
+
+/**
+ * The two rows of a case's CPU time per operation (user, kernel) from per-peer runs that carry
+ * `cpu`; `operations` is what a run completed. `cells` adds the notes of peers without a process.
+ */
+export function cpuRows<T extends { readonly cpu?: CpuTime }> (
+  base: Pick<Row, 'caseId' | 'caseName' | 'reference'>, per: string, outcomes: Map<PeerName, Outcome<T>>,
+  operations: (run: T) => number, cells: Partial<Record<Column, Cell>>, note: string
+): Row[] {
+  return [
+    { ...base, metric: `proxy CPU per ${per}, user`, unit: 'µs', better: 'lower', note,
+      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'userMs', operations(r))), ...cells } },
+    { ...base, metric: `proxy CPU per ${per}, kernel`, unit: 'µs', better: 'lower',
+      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'systemMs', operations(r))), ...cells } }
+  ]
 }
 
 export type { Column }

@@ -3,7 +3,7 @@
 // CPU time per query, user and kernel, read from /proc around each dnsperf run. dnsmasq here is
 // the same process that is case 4's UDP backend.
 import type { DnsperfResult } from '../lib/parse.ts'
-import { cpuSince, type CpuTime } from '../lib/proc.ts'
+import { measureCpu, type CpuTime } from '../lib/proc.ts'
 import type { Cell, Row } from '../lib/results.ts'
 import { ports, topology } from '../lib/topology.ts'
 import { linkgateDnsNames } from '../peers/linkgate.ts'
@@ -33,9 +33,7 @@ export async function dnsCase (ctx: BenchContext, dnsmasqDown: string | undefine
         continue
       }
       try {
-        const used = pid === undefined ? undefined : cpuSince(pid)
-        const r = await dnsperfAgainst(ctx, address, port, file)
-        const cpu = used?.()
+        const { result: r, cpu } = await measureCpu(pid, () => dnsperfAgainst(ctx, address, port, file))
         ctx.log(`  ${name}: ${Math.round(r.queriesPerSecond)} qps, lost ${r.lost} (${r.lossPercent}%)`)
         samples.set(name, [...(samples.get(name) ?? []), { ...r, cpu }])
       } catch (err) {

@@ -5,10 +5,10 @@
 // Cases 2 and 3 also give the proxy's CPU time per request, user and kernel, read from /proc
 // around the measured run: where the time goes, beside how fast it went.
 import { parseWrk, type WrkResult } from '../lib/parse.ts'
-import { cpuSince, run, type CpuTime } from '../lib/proc.ts'
+import { measureCpu, run, type CpuTime } from '../lib/proc.ts'
 import type { Cell, Row } from '../lib/results.ts'
 import { ports, type PeerName } from '../lib/topology.ts'
-import { cellsOf, microsPerOp, perPeer, tcpPeers, unavailableCell, type BenchContext, type Outcome, type PeerState } from './context.ts'
+import { cellsOf, cpuRows, microsPerOp, perPeer, tcpPeers, unavailableCell, type BenchContext, type Outcome, type PeerState } from './context.ts'
 
 export const wrkConnections = 50
 
@@ -31,10 +31,7 @@ export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach:
   ]
   const warm = ctx.plan.seconds.wrkWarmUp
   if (warmUp && warm > 0) await run(wrk, args(warm), { timeoutMs: (warm + 15) * 1000 })
-  const pid = peer.daemon?.pid
-  const used = pid === undefined ? undefined : cpuSince(pid)
-  const r = await run(wrk, args(seconds), { timeoutMs: (seconds + 15) * 1000 })
-  const cpu = used?.()
+  const { result: r, cpu } = await measureCpu(peer.daemon?.pid, () => run(wrk, args(seconds), { timeoutMs: (seconds + 15) * 1000 }))
   if (r.timedOut) throw new Error(`wrk did not finish within ${seconds + 15} s`)
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.trim()}`)
   const result = parseWrk(r.stdout)
@@ -58,17 +55,8 @@ function roundsNote (ctx: BenchContext): string {
   return `${wrkConnections} connections, ${rounds.wrk > 1 ? `median of ${rounds.wrk} runs of ` : ''}${seconds.wrk} s`
 }
 
-/** The proxy's CPU time per request (case 3: per connection), user and kernel, in µs. */
-function cpuRows (base: { caseId: number, caseName: string, reference: 'haproxy' }, per: string, outcomes: Map<PeerName, Outcome<WrkRun>>): Row[] {
-  const direct = { note: 'n/a: no proxy process' }
-  return [
-    { ...base, metric: `proxy CPU per ${per}, user`, unit: 'µs', better: 'lower',
-      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'userMs', r.requests)), direct },
-      note: 'CPU time of the proxy\'s processes (nginx: master + workers), all threads, from /proc/PID/stat, during the measured run, ÷ the requests wrk completed' },
-    { ...base, metric: `proxy CPU per ${per}, kernel`, unit: 'µs', better: 'lower',
-      cells: { ...cellsOf(outcomes, (r) => microsPerOp(r.cpu, 'systemMs', r.requests)), direct } }
-  ]
-}
+const cpuNote = 'CPU time of the proxy\'s processes (nginx: master + workers), all threads, from /proc/PID/stat, during the measured run, ÷ the requests wrk completed'
+const noProxy = { direct: { note: 'n/a: no proxy process' } }
 
 export async function keepAliveCase (ctx: BenchContext): Promise<Row[]> {
   const base = { caseId: 2, caseName: 'HTTP keep-alive', reference: 'haproxy' as const }
@@ -81,7 +69,7 @@ export async function keepAliveCase (ctx: BenchContext): Promise<Row[]> {
     { ...base, metric: 'p99 latency', unit: 'ms', better: 'lower', cells: cellsOf(outcomes, (r) => r.p99Ms),
       target: { kind: 'ratio', against: 'haproxy', max: 1, text: '≤ HAProxy' } },
     { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) },
-    ...cpuRows(base, 'request', outcomes)
+    ...cpuRows(base, 'request', outcomes, (r) => r.requests, noProxy, cpuNote)
   ]
 }
 
@@ -95,7 +83,7 @@ export async function connectionRateCase (ctx: BenchContext): Promise<Row[]> {
     { ...base, metric: 'p99 latency', unit: 'ms', better: 'lower', cells: cellsOf(outcomes, (r) => r.p99Ms),
       target: { kind: 'ratio', against: 'haproxy', max: 1, text: '≤ HAProxy' } },
     { ...base, metric: 'errors', unit: 'count', better: 'lower', cells: cellsOf(outcomes, (r) => r.errors) },
-    ...cpuRows(base, 'connection', outcomes)
+    ...cpuRows(base, 'connection', outcomes, (r) => r.requests, noProxy, cpuNote)
   ]
 }
 

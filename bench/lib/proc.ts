@@ -212,13 +212,16 @@ export function cpuTime (pid: number, tree = true): CpuTime {
   return { userMs: user * 1000 / hz, systemMs: system * 1000 / hz }
 }
 
-/** Starts a CPU meter on `pid`'s processes; the function it returns gives the time used since. */
-export function cpuSince (pid: number, tree = true): () => CpuTime {
-  const start = cpuTime(pid, tree)
-  return () => {
-    const now = cpuTime(pid, tree)
-    return { userMs: now.userMs - start.userMs, systemMs: now.systemMs - start.systemMs }
-  }
+/**
+ * Runs `load` and returns its result with the CPU time `pid`'s processes used meanwhile; no
+ * `cpu` without a pid (direct: no proxy process).
+ */
+export async function measureCpu<T> (pid: number | undefined, load: () => Promise<T>): Promise<{ result: T, cpu?: CpuTime }> {
+  if (pid === undefined) return { result: await load() }
+  const start = cpuTime(pid)
+  const result = await load()
+  const end = cpuTime(pid)
+  return { result, cpu: { userMs: end.userMs - start.userMs, systemMs: end.systemMs - start.systemMs } }
 }
 
 function descendants (root: number): number[] {
