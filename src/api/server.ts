@@ -1,18 +1,62 @@
 // The control API (SPEC §4): HTTP/1.1 + JSON on fastify. Bodies are parsed here and validated
 // by the control plane with the shared schemas; every error leaves as
 // {"error": {"code", "message"}} with the status of the error catalogue.
+import type { IncomingMessage } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
-import { internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, type LinkgateError } from '../errors.ts'
+import { internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, unauthorized, type LinkgateError } from '../errors.ts'
 import type { Metrics } from '../metrics/metrics.ts'
+import { guardConnections } from './connection-guard.ts'
+import { isUnderV1 } from './request-path.ts'
 
 export const BODY_LIMIT = 1024 * 1024
+/** Past the body limit, this much more is read and thrown away so that the client sees the 413 (SPEC §10). */
+export const DISCARD_LIMIT = 16 * 1024 * 1024
+/** SPEC §10: headers within 10 s, the whole request within 30 s (else 408), idle keep-alive 5 s. */
+export const HEADERS_TIMEOUT_MS = 10_000
+export const REQUEST_TIMEOUT_MS = 30_000
+export const KEEP_ALIVE_TIMEOUT_MS = 5_000
+export const DEFAULT_API_MAX_CONNECTIONS = 256
 
 export interface ApiOptions {
   readonly control: ControlPlane
   readonly metrics: Metrics
   readonly logger: Logger
+  /** limits.apiMaxConnections (default 256). */
+  readonly maxConnections?: number
+}
+
+/** A route needs a token when its TEMPLATE is under /v1 — never judged by the URL text (SPEC §10). */
+const needsAuth = (route: string): boolean => route === '/v1' || route.startsWith('/v1/')
+
+/**
+ * Read and discard what is left of a request body, up to `max` bytes or `ms`, so that a client
+ * still sending (Node's fetch, curl, requests) reads the answer instead of a reset.
+ */
+function discardBody (req: IncomingMessage, max: number, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    if (req.complete || req.destroyed) { resolve(); return }
+    let seen = 0
+    const finish = (): void => {
+      clearTimeout(timer)
+      req.removeListener('data', onData)
+      req.removeListener('end', finish)
+      req.removeListener('close', finish)
+      req.removeListener('error', finish)
+      resolve()
+    }
+    const onData = (chunk: Buffer): void => {
+      seen += chunk.length
+      if (seen > max) finish()
+    }
+    const timer = setTimeout(finish, ms)
+    req.on('data', onData)
+    req.on('end', finish)
+    req.on('close', finish)
+    req.on('error', finish)
+    req.resume()
+  })
 }
 
 declare module 'fastify' {
@@ -26,16 +70,21 @@ type Params = Record<string, string>
 const send = (reply: FastifyReply, err: LinkgateError): FastifyReply =>
   reply.code(err.statusCode).send({ error: { code: err.code, message: err.message } })
 
-export function buildApiServer ({ control, metrics, logger }: ApiOptions): FastifyInstance {
+export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS }: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
-    // A client that never finishes its request must not hold a socket forever.
-    requestTimeout: 30_000,
-    connectionTimeout: 30_000,
+    // A client that never finishes its request must not hold a socket forever. Node checks the
+    // header and request deadlines every connectionsCheckingInterval (default 30 s): every second
+    // here, so a slowloris meets its 408 within ~1 s of the deadline.
+    http: { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1000 },
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    connectionTimeout: REQUEST_TIMEOUT_MS,
     forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true }
   })
+  guardConnections(app.server, maxConnections, metrics)
 
   // Any content type is read as JSON: `curl -d '{...}'` sends form encoding by default, and a
   // useful answer beats a 415. An empty body is "no body".
@@ -51,10 +100,13 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
   })
 
   app.decorateRequest('caller', null)
+  // Authentication by the MATCHED route (SPEC §10): the router decodes `%76`, so the URL text
+  // cannot decide. An unmatched path that reads as /v1 once normalised answers 401 before its
+  // 404, so that a caller without a token cannot map the API.
   app.addHook('onRequest', async (request) => {
-    if (request.url.startsWith('/v1/') || request.url === '/v1') {
-      request.caller = control.authenticate(request.headers.authorization)
-    }
+    const route = request.routeOptions.url
+    const protectedRoute = route === undefined ? isUnderV1(request.url) : needsAuth(route)
+    if (protectedRoute) request.caller = control.authenticate(request.headers.authorization)
   })
   app.addHook('onResponse', async (request, reply) => {
     metrics.apiRequestsTotal.inc({
@@ -69,7 +121,12 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
   })
   app.setErrorHandler((error: Error & { code?: string, statusCode?: number }, request, reply) => {
     if (isLinkgateError(error)) return send(reply, error)
-    if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(reply, payloadTooLarge())
+    if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      // Answering while the client still sends makes the kernel reset the connection, and the
+      // client reports EPIPE/ECONNRESET instead of the 413: take in the rest first (bounded).
+      return discardBody(request.raw, DISCARD_LIMIT, REQUEST_TIMEOUT_MS).then(() =>
+        send(reply.header('connection', 'close'), payloadTooLarge()))
+    }
     if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
       return send(reply, invalidParameter(`request: ${error.message}`))
     }
@@ -77,7 +134,11 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
     return send(reply, internalError())
   })
 
-  const who = (request: FastifyRequest): Caller => request.caller as Caller
+  // Defence in depth: a /v1 handler never runs without a caller, whatever the hook decided.
+  const who = (request: FastifyRequest): Caller => {
+    if (request.caller === null) throw unauthorized()
+    return request.caller
+  }
   const p = (request: FastifyRequest): Params => request.params as Params
 
   app.get('/healthz', async () => ({ status: 'ok' }))

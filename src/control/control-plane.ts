@@ -88,7 +88,8 @@ export class ControlPlane {
    * timingSafeEqual against every account, so neither the length nor the position of a match leaks.
    */
   authenticate (header: string | undefined): Caller {
-    const m = header === undefined ? null : /^Bearer ([\x21-\x7e]+)$/.exec(header)
+    // The scheme word is case-insensitive (RFC 9110 §11.1); one or more spaces before the token.
+    const m = header === undefined ? null : /^bearer +([\x21-\x7e]+) *$/i.exec(header)
     if (m === null) throw unauthorized()
     const digest = sha256(m[1] as string)
     let found: Caller | undefined

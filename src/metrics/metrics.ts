@@ -16,6 +16,9 @@ export interface Metrics {
   readonly backendConnectDuration: Histogram<'service_id'>
   readonly dnsQueriesTotal: Counter<'qtype' | 'rcode'>
   readonly apiRequestsTotal: Counter<'method' | 'route' | 'status'>
+  /** Open control-API connections and those it closed to stay within limits.apiMaxConnections (SPEC §10). */
+  readonly apiConnections: Gauge
+  readonly apiConnectionsClosedTotal: Counter<'reason'>
   /** Register a function run at the start of every scrape, to publish plain-number counters. */
   beforeScrape (hook: () => void): () => void
 }
@@ -95,6 +98,17 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
       name: 'linkgate_api_requests_total',
       help: 'Control API requests, by method, route template and status.',
       labelNames: ['method', 'route', 'status'] as const,
+      registers: [registry]
+    }),
+    apiConnections: new Gauge({
+      name: 'linkgate_api_connections',
+      help: 'Open control API connections (bounded by limits.apiMaxConnections).',
+      registers: [registry]
+    }),
+    apiConnectionsClosedTotal: new Counter({
+      name: 'linkgate_api_connections_closed_total',
+      help: 'Control API connections closed by linkgate at the connection limit: reason "idle" (an idle one made room for a new one) or "limit" (every one was busy; the new one was closed).',
+      labelNames: ['reason'] as const,
       registers: [registry]
     }),
     beforeScrape (hook) {
