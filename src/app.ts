@@ -7,6 +7,7 @@ import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
+import { lockStateDir, type StateLock } from './control/state-lock.ts'
 import { Store } from './control/store.ts'
 import { parseHostPort } from './control/validation.ts'
 import { createAccessLog } from './dataplane/access-log.ts'
@@ -54,6 +55,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   const upstream = new UpstreamState()
   const accessLog = createAccessLog(config.log.access)
   let store: Store | undefined
+  let lock: StateLock | undefined
   let control: ControlPlane | undefined
   let dataPlane: DataPlane | undefined
   let health: HealthChecker | undefined
@@ -77,6 +79,8 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get demo () { return demo },
 
     async start () {
+      // Before anything opens or writes the state: a second instance stops here (SPEC §10).
+      lock = await lockStateDir(config.stateDir)
       store = await Store.open(config.stateDir)
       control = new ControlPlane(config, store)
       control.setHealthSource(upstream)
@@ -84,6 +88,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       try {
         await control.applyDeclared(config.services, config.endpoints)
       } catch (err) {
+        if (err instanceof ConfigError) throw new ConfigError(file, err.errors)
         if (isLinkgateError(err)) throw new ConfigError(file, [err.message])
         throw err
       }
@@ -113,7 +118,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       await dataPlane.start()
       dns = new DnsServer({ config, store, metrics, logger })
       const dnsAddresses = await dns.start()
-      api = buildApiServer({ control, metrics, logger })
+      api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo
@@ -132,6 +137,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           demo?.close()
         ])
         accessLog.flush()
+        await lock?.release()
       })()
       return closing
     },
@@ -143,6 +149,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       demo?.destroy()
       void api?.close()
       accessLog.flush()
+      void lock?.release()
     }
   }
   return app

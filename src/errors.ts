@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'InternalError'
   | 'InvalidConfig'
   | 'StateCorrupt'
+  | 'StateInUse'
 
 export class LinkgateError extends Error {
   readonly code: ErrorCode
@@ -58,3 +59,12 @@ export class StateCorruptError extends LinkgateError {
 }
 
 export const isLinkgateError = (err: unknown): err is LinkgateError => err instanceof LinkgateError
+
+/** Another linkgate runs on this state directory (SPEC §10: one instance per state). */
+export class StateInUseError extends LinkgateError {
+  constructor (dir: string) {
+    super('StateInUse', 409,
+      `state directory ${dir} is in use by another linkgate process; stop it, or start this one with another --state-dir`)
+    this.name = 'StateInUseError'
+  }
+}

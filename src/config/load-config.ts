@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises'
 import ipaddr from 'ipaddr.js'
 import { parseDocument } from 'yaml'
 import { ConfigError } from '../errors.ts'
+import { ControlPlane } from '../control/control-plane.ts'
 import { deepFreeze } from '../control/model.ts'
 import { ConfigSchema, type Config } from '../control/schemas.ts'
 import { check } from '../control/validation.ts'
@@ -29,17 +30,65 @@ export function parseConfig (text: string, file = '<config>'): Config {
   return resolveConfig(raw, file)
 }
 
-/** Defaults + schema + cross-field rules. `raw` is modified (defaults filled); the result is frozen. */
+/**
+ * Defaults + schema + cross-field rules + the declared resources' rules, ALL reported at once
+ * (SPEC §10): `check-config` and `start` both come here, so they accept and refuse the same
+ * files with the same list. `raw` is modified (defaults filled); the result is frozen.
+ */
 export function resolveConfig (raw: unknown, file = '<config>'): Config {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError(file, ['(root): must be a mapping of keys (got ' + (Array.isArray(raw) ? 'a list' : typeof raw) + ')'])
   }
   const errors = check(ConfigSchema, raw)
-  if (errors.length > 0) throw new ConfigError(file, errors)
-  const config = raw as Config
-  const more = crossCheck(config)
-  if (more.length > 0) throw new ConfigError(file, more)
-  return deepFreeze(config)
+  // The cross checks run on what the schema passed: a broken item is left out (its error is
+  // already listed) and the others are still checked, so one run names every problem.
+  const valid = validPart(raw as Record<string, unknown>, errors)
+  errors.push(...crossCheck(valid.sparse))
+  if (valid.declarable) {
+    // zones, subnets and accounts are looked up by id there: no holes.
+    const dense = (list: readonly unknown[]): unknown[] => list.filter((x) => x !== undefined)
+    const v = valid.sparse
+    errors.push(...ControlPlane.checkDeclared({
+      ...v, zones: dense(v.zones), subnets: dense(v.subnets), accounts: dense(v.accounts)
+    } as Config))
+  }
+  if (errors.length > 0) throw new ConfigError(file, [...new Set(errors)])
+  return deepFreeze(raw as Config)
+}
+
+const LISTS = ['zones', 'subnets', 'accounts', 'services', 'endpoints'] as const
+
+/**
+ * `raw` without the parts that have schema errors: a list item with an error becomes a hole
+ * (indices, and so the paths in messages, stay as in the file); `declarable` is false when a
+ * section the declared rules depend on is broken as a whole.
+ */
+function validPart (raw: Record<string, unknown>, errors: readonly string[]): { sparse: Config, declarable: boolean } {
+  const brokenSections = new Set<string>()
+  const brokenItems = new Map<string, Set<number>>()
+  for (const e of errors) {
+    const item = /^([A-Za-z]+)\[(\d+)\]/.exec(e)
+    if (item !== null) {
+      const set = brokenItems.get(item[1] as string) ?? new Set<number>()
+      set.add(Number(item[2]))
+      brokenItems.set(item[1] as string, set)
+      continue
+    }
+    const section = /^([A-Za-z]+)[.:]/.exec(e)
+    if (section !== null) brokenSections.add(section[1] as string)
+  }
+  const sparse: Record<string, unknown> = { ...raw }
+  for (const key of LISTS) {
+    const list = raw[key]
+    if (brokenSections.has(key) || !Array.isArray(list)) { sparse[key] = []; continue }
+    const bad = brokenItems.get(key)
+    const copy: unknown[] = []
+    copy.length = list.length
+    list.forEach((item, i) => { if (bad === undefined || !bad.has(i)) copy[i] = item })
+    sparse[key] = copy
+  }
+  const needed = ['region', 'dns', 'quotas', 'zones', 'subnets', 'accounts']
+  return { sparse: sparse as unknown as Config, declarable: !needed.some((k) => brokenSections.has(k)) }
 }
 
 function duplicates<T> (items: readonly T[], key: (item: T) => string, path: (i: number) => string, what: string): string[] {
@@ -64,8 +113,9 @@ function crossCheck (c: Config): string[] {
   errors.push(...duplicates(c.endpoints, (e) => e.id, (i) => `endpoints[${i}].id`, 'endpoint id'))
   const zones = new Set(c.zones)
   const parsed: Array<[ipaddr.IPv4 | ipaddr.IPv6, number] | undefined> = []
+  const configured = c.zones.filter((z) => z !== undefined).join(', ')
   c.subnets.forEach((s, i) => {
-    if (!zones.has(s.zone)) errors.push(`subnets[${i}].zone: unknown zone ${JSON.stringify(s.zone)} (configured: ${c.zones.join(', ')})`)
+    if (!zones.has(s.zone)) errors.push(`subnets[${i}].zone: unknown zone ${JSON.stringify(s.zone)} (configured: ${configured})`)
     const cidr = ipaddr.parseCIDR(s.cidr)
     const network = ipaddr.IPv4.isIPv4(s.cidr.split('/')[0] ?? '')
       ? ipaddr.IPv4.networkAddressFromCIDR(s.cidr)
@@ -80,7 +130,7 @@ function crossCheck (c: Config): string[] {
         errors.push(`subnets[${i}].cidr: ${s.cidr} overlaps subnets[${j}] (${c.subnets[j]?.cidr})`)
       }
     }
-    parsed.push(cidr)
+    parsed[i] = cidr
   })
   const accounts = new Set(c.accounts.map((a) => a.id))
   c.services.forEach((s, i) => {

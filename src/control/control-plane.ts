@@ -4,7 +4,7 @@
 // before it is acknowledged.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import {
-  conflict, forbidden, invalidParameter, notFound, quotaExceeded, unauthorized
+  ConfigError, conflict, forbidden, invalidParameter, isLinkgateError, notFound, quotaExceeded, unauthorized
 } from '../errors.ts'
 import { endpointDnsNames } from './dns-names.ts'
 import { allocateIp, normalizeIp } from './ip-allocation.ts'
@@ -12,10 +12,12 @@ import {
   endpointTransitions, type Backend, type ChangeEvent, type Endpoint, type EndpointService,
   type EndpointStatus, type HealthCheck, type HealthSource, type PortMapping
 } from './model.ts'
+import { mergePatch } from './merge-patch.ts'
 import {
-  AllowedAccountBody, BackendInput, BackendList, BackendPatch, EndpointCreate, EndpointPatch, ServiceCreate, ServicePatch,
-  type BackendInputT, type BackendPatchInput, type Config, type ConfigEndpoint, type ConfigService,
-  type EndpointCreateInput, type EndpointPatchInput, type ServiceCreateInput, type ServicePatchInput
+  AllowedAccountBody, BackendInput, BackendList, BackendMutable, BackendPatch, EndpointCreate, EndpointMutable, EndpointPatch,
+  ServiceCreate, ServiceMutable, ServicePatch,
+  type BackendInputT, type BackendMutableInput, type Config, type ConfigEndpoint, type ConfigService,
+  type EndpointCreateInput, type EndpointMutableInput, type ServiceCreateInput, type ServiceMutableInput, type ServicePatchInput
 } from './schemas.ts'
 import type { Draft, Store } from './store.ts'
 import { validate } from './validation.ts'
@@ -132,21 +134,22 @@ export class ControlPlane {
     return this.serviceView(svc)
   }
 
+  /** A JSON merge patch (RFC 7396, SPEC §10), validated on the merged result. */
   async patchService (caller: Caller, id: string, body: unknown): Promise<ServiceView> {
     const input = validate<ServicePatchInput>(ServicePatch, body)
     const svc = await this.#store.transact((draft) => {
       const current = this.#ownService(draft, caller, id)
-      if (input.portMappings !== undefined) throw conflict('portMappings: immutable after creation; create a new endpoint service')
-      if (input.name !== undefined) throw conflict('name: immutable after creation (it is part of serviceName)')
-      const healthCheck = input.healthCheck === undefined
-        ? current.healthCheck
-        : this.#checkHealth({ ...current.healthCheck, ...input.healthCheck }, current.portMappings, 'healthCheck')
+      if ('portMappings' in input) throw conflict('portMappings: immutable after creation; create a new endpoint service')
+      if ('name' in input) throw conflict('name: immutable after creation (it is part of serviceName)')
+      const { acceptanceRequired, sameZonePreferred, healthCheck } = current
+      const merged = validate<ServiceMutableInput>(ServiceMutable, mergePatch({ acceptanceRequired, sameZonePreferred, healthCheck }, input))
       const next: EndpointService = {
         ...current,
-        acceptanceRequired: input.acceptanceRequired ?? current.acceptanceRequired,
-        sameZonePreferred: input.sameZonePreferred ?? current.sameZonePreferred,
-        healthCheck
+        acceptanceRequired: merged.acceptanceRequired,
+        sameZonePreferred: merged.sameZonePreferred,
+        healthCheck: this.#checkHealth(merged.healthCheck as HealthCheck, current.portMappings, 'healthCheck')
       }
+      if (JSON.stringify(next) === JSON.stringify(current)) return { result: current, events: [] }
       draft.services[id] = next
       return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
     })
@@ -163,9 +166,11 @@ export class ControlPlane {
       }
       delete draft.services[id]
       const events: ChangeEvent[] = [{ kind: 'service', action: 'deleted', id }]
-      // Endpoints left behind (pending, rejected) can never connect again: fail them with the reason.
+      // Endpoints left behind (pending, rejected) can never connect again: fail them with the
+      // reason, through the transition table like every other status change.
       for (const ep of endpoints) {
         if (ep.status === 'failed') continue
+        this.#transition(ep, 'failed')
         draft.endpoints[ep.id] = this.#withStatus({ ...ep, statusReason: `endpoint service ${id} was deleted` }, 'failed')
         events.push({ kind: 'endpoint', action: 'updated', id: ep.id })
       }
@@ -194,13 +199,17 @@ export class ControlPlane {
     return this.serviceView(svc).backends.find((b) => b.id === added?.id) as BackendView
   }
 
+  /** A JSON merge patch of `zone` and `weight`; `zone: null` is a 400 (it is required). */
   async patchBackend (caller: Caller, id: string, backendId: string, body: unknown): Promise<BackendView> {
-    const input = validate<BackendPatchInput>(BackendPatch, body)
+    const input = validate<Record<string, unknown>>(BackendPatch, body)
     const svc = await this.#updateService(caller, id, (current) => {
       const index = this.#backendIndex(current, backendId)
-      if (input.zone !== undefined) this.#checkZone(input.zone, 'zone')
+      const backend = current.backends[index] as Backend
+      const merged = validate<BackendMutableInput>(BackendMutable, mergePatch({ zone: backend.zone, weight: backend.weight }, input))
+      this.#checkZone(merged.zone, 'zone')
+      if (merged.zone === backend.zone && merged.weight === backend.weight) return current
       const backends = [...current.backends]
-      backends[index] = { ...(backends[index] as Backend), ...input }
+      backends[index] = { ...backend, zone: merged.zone, weight: merged.weight }
       return { ...current, backends }
     })
     return this.serviceView(svc).backends.find((b) => b.id === backendId) as BackendView
@@ -305,15 +314,15 @@ export class ControlPlane {
     })
   }
 
+  /** A JSON merge patch of `allowedSources` and `privateDns`; `null` restores the default. */
   patchEndpoint (caller: Caller, id: string, body: unknown): Promise<Endpoint> {
-    const input = validate<EndpointPatchInput>(EndpointPatch, body)
+    const input = validate<Record<string, unknown>>(EndpointPatch, body)
     return this.#store.transact((draft) => {
       const current = this.#ownEndpoint(draft, caller, id)
-      const next = this.#withStatus({
-        ...current,
-        allowedSources: input.allowedSources ?? current.allowedSources,
-        privateDns: input.privateDns ?? current.privateDns
-      }, current.status)
+      const merged = validate<EndpointMutableInput>(EndpointMutable,
+        mergePatch({ allowedSources: current.allowedSources, privateDns: current.privateDns }, input))
+      const next = this.#withStatus({ ...current, allowedSources: merged.allowedSources, privateDns: merged.privateDns }, current.status)
+      if (JSON.stringify(next) === JSON.stringify(current)) return { result: current, events: [] }
       draft.endpoints[id] = next
       return { result: next, events: [{ kind: 'endpoint', action: 'updated', id }] }
     })
@@ -344,44 +353,78 @@ export class ControlPlane {
   /**
    * Apply `services:` and `endpoints:` of the config, idempotently: a declared resource that is
    * missing is created with the API's rules; one that exists is brought to the declared fields
-   * (status and createdAt are kept). Nothing is written when everything already matches.
+   * (status and createdAt are kept). Nothing is written when everything already matches, and
+   * nothing at all when any declared resource breaks a rule: a ConfigError lists every one.
    */
   async applyDeclared (services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): Promise<void> {
     await this.#store.transact((draft) => {
-      const events: ChangeEvent[] = []
-      services.forEach((decl, i) => {
-        const prefix = `services[${i}]`
-        const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigService
-        const current = draft.services[id]
-        if (current !== undefined && current.ownerAccountId !== ownerAccountId) {
-          throw conflict(`${prefix}.ownerAccountId: ${id} exists with owner ${current.ownerAccountId}`)
-        }
-        const built = this.#buildService(id, ownerAccountId, input, prefix, current?.createdAt ?? new Date().toISOString(), current?.backends)
-        if (current !== undefined && JSON.stringify(current.portMappings) !== JSON.stringify(built.portMappings)) {
-          throw conflict(`${prefix}.portMappings: immutable after creation; ${id} was created with other port mappings`)
-        }
-        if (current === undefined || JSON.stringify(current) !== JSON.stringify(built)) {
-          draft.services[id] = built
-          events.push({ kind: 'service', action: current === undefined ? 'created' : 'updated', id })
-        }
-      })
-      endpoints.forEach((decl, i) => {
-        const prefix = `endpoints[${i}]`
-        const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigEndpoint
-        const current = draft.endpoints[id]
-        if (current === undefined) {
-          draft.endpoints[id] = this.#buildEndpoint(draft, id, ownerAccountId, input, prefix, new Date().toISOString())
-          events.push({ kind: 'endpoint', action: 'created', id })
-          return
-        }
-        const next = this.#withStatus({ ...current, allowedSources: input.allowedSources, privateDns: input.privateDns }, current.status)
-        if (JSON.stringify(next) !== JSON.stringify(current)) {
-          draft.endpoints[id] = next
-          events.push({ kind: 'endpoint', action: 'updated', id })
-        }
-      })
+      const { events, errors } = this.#declare(draft, services, endpoints)
+      if (errors.length > 0) throw new ConfigError('declared resources', errors)
       return { result: undefined, events }
     })
+  }
+
+  /**
+   * The rules of applyDeclared against an empty state, writing nothing: `check-config` and the
+   * config loader run it, so that both report what `start` would refuse (SPEC §10).
+   */
+  static checkDeclared (config: Config): string[] {
+    const dryRun = new ControlPlane(config, undefined as unknown as Store)
+    return dryRun.#declare({ services: {}, endpoints: {} }, config.services, config.endpoints).errors
+  }
+
+  /** Every declared resource in turn; one that breaks a rule is named in `errors` and left out. */
+  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): { events: ChangeEvent[], errors: string[] } {
+    const events: ChangeEvent[] = []
+    const errors: string[] = []
+    const refused = new Set<string>()
+    const seen = new Set<string>()
+    const collect = (fn: () => void, id: string): void => {
+      // A duplicate id is the config loader's to name (`duplicate service id`); apply the first.
+      if (seen.has(id)) return
+      seen.add(id)
+      try {
+        fn()
+      } catch (err) {
+        if (!isLinkgateError(err)) throw err
+        errors.push(err.message)
+        refused.add(id)
+      }
+    }
+    services.forEach((decl, i) => collect(() => {
+      const prefix = `services[${i}]`
+      const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigService
+      const current = draft.services[id]
+      if (current !== undefined && current.ownerAccountId !== ownerAccountId) {
+        throw conflict(`${prefix}.ownerAccountId: ${id} exists with owner ${current.ownerAccountId}`)
+      }
+      const built = this.#buildService(id, ownerAccountId, input, prefix, current?.createdAt ?? new Date().toISOString(), current?.backends)
+      if (current !== undefined && JSON.stringify(current.portMappings) !== JSON.stringify(built.portMappings)) {
+        throw conflict(`${prefix}.portMappings: immutable after creation; ${id} was created with other port mappings`)
+      }
+      if (current === undefined || JSON.stringify(current) !== JSON.stringify(built)) {
+        draft.services[id] = built
+        events.push({ kind: 'service', action: current === undefined ? 'created' : 'updated', id })
+      }
+    }, decl.id))
+    endpoints.forEach((decl, i) => collect(() => {
+      const prefix = `endpoints[${i}]`
+      const { id, ownerAccountId, ...input } = structuredClone(decl) as ConfigEndpoint
+      // Its service was refused above and named there: one error, not a second "not found".
+      if (input.serviceId !== undefined && refused.has(input.serviceId)) return
+      const current = draft.endpoints[id]
+      if (current === undefined) {
+        draft.endpoints[id] = this.#buildEndpoint(draft, id, ownerAccountId, input, prefix, new Date().toISOString())
+        events.push({ kind: 'endpoint', action: 'created', id })
+        return
+      }
+      const next = this.#withStatus({ ...current, allowedSources: input.allowedSources, privateDns: input.privateDns }, current.status)
+      if (JSON.stringify(next) !== JSON.stringify(current)) {
+        draft.endpoints[id] = next
+        events.push({ kind: 'endpoint', action: 'updated', id })
+      }
+    }, decl.id))
+    return { events, errors }
   }
 
   // ---- rules ----
@@ -441,6 +484,11 @@ export class ControlPlane {
    * backends that stay beside the new ones (POST), checked for duplicates too.
    */
   #buildBackends (input: readonly BackendInputT[], prefix: string, keep: readonly Backend[], others: readonly Backend[] = []): Backend[] {
+    // SPEC §10: each backend is probed every interval, so the set is bounded.
+    const max = this.#config.quotas.backendsPerService
+    if (input.length + others.length > max) {
+      throw quotaExceeded(`${prefix === '' ? 'backends' : prefix}: at most ${max} backends per service (quota backendsPerService), got ${input.length + others.length}`)
+    }
     const out: Backend[] = []
     const ids = new Set(others.map((b) => b.id))
     const addresses = new Map(others.map((b) => [b.address, b.id]))

@@ -50,6 +50,10 @@ export function allocateIp (subnet: SubnetLike, requested: string | undefined, u
     if (last - first >= 2n && (n === first || (network.kind() === 'ipv4' && n === last))) {
       throw invalidParameter(`${field}: ${requested} is the ${n === first ? 'network' : 'broadcast'} address of ${subnet.id} (${subnet.cidr})`)
     }
+    // The first host is the subnet's gateway, reserved as cloud VPCs do (SPEC §10: a 400).
+    if (last - first >= 3n && n === first + 1n) {
+      throw invalidParameter(`${field}: ${requested} is the first host address of ${subnet.id} (${subnet.cidr}), reserved as its gateway`)
+    }
     const ip = addr.toString()
     if (used.has(ip)) throw conflict(`${field}: ${ip} is already used by another endpoint`)
     return ip

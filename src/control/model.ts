@@ -53,11 +53,12 @@ export type EndpointStatus = 'pendingAcceptance' | 'creating' | 'accepted' | 're
  * accept/reject are the provider's decision; `failed` comes from the data plane (bind error).
  * A rejected endpoint may still be accepted later, as on AWS ("reject" is not final there either).
  */
+// pendingAcceptance/rejected → failed: their endpoint service was deleted (ControlPlane.deleteService).
 export const endpointTransitions: Readonly<Record<EndpointStatus, readonly EndpointStatus[]>> = {
-  pendingAcceptance: ['accepted', 'rejected', 'deleting'],
+  pendingAcceptance: ['accepted', 'rejected', 'failed', 'deleting'],
   creating: ['accepted', 'failed', 'deleting'],
   accepted: ['rejected', 'failed', 'deleting'],
-  rejected: ['accepted', 'deleting'],
+  rejected: ['accepted', 'failed', 'deleting'],
   failed: ['deleting'],
   deleting: []
 }

@@ -30,11 +30,6 @@ export const BackendInput = Type.Object({
   weight: Type.Integer({ minimum: 0, maximum: 100, default: 100 })
 }, strict)
 
-export const BackendPatch = Type.Object({
-  weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 100 })),
-  zone: Type.Optional(Zone)
-}, strict)
-
 const healthCheckFields = {
   enabled: Type.Boolean({ default: true }),
   protocol: StringEnum(['TCP', 'HTTP'] as const, { default: 'TCP' }),
@@ -47,17 +42,26 @@ const healthCheckFields = {
   unhealthyThreshold: Type.Integer({ minimum: 1, maximum: 10, default: 3 })
 }
 export const HealthCheckInput = Type.Object(healthCheckFields, strict)
-/** PATCH: only the named fields change; the rest keep their current values. */
-export const HealthCheckPatch = Type.Object({
-  enabled: Type.Optional(healthCheckFields.enabled),
-  protocol: Type.Optional(healthCheckFields.protocol),
-  port: Type.Optional(Port),
-  path: Type.Optional(healthCheckFields.path),
-  intervalSeconds: Type.Optional(healthCheckFields.intervalSeconds),
-  timeoutSeconds: Type.Optional(healthCheckFields.timeoutSeconds),
-  healthyThreshold: Type.Optional(healthCheckFields.healthyThreshold),
-  unhealthyThreshold: Type.Optional(healthCheckFields.unhealthyThreshold)
-}, strict)
+// ---- PATCH bodies: JSON merge patches (RFC 7396, SPEC §10) ----
+// A patch schema checks the SHAPE of what was sent: no defaults (a default here would overwrite
+// the stored value — the bug of issue 13), `null` allowed wherever a field may be removed. The
+// merged result is then validated with the `...Mutable` schema, whose defaults refill removed
+// fields and whose `required` refuses the removal of a required one.
+
+/** `schema` that also accepts `null` (a merge patch's "remove this field"). */
+function nullable<T extends TSchema> (schema: T): TSchema {
+  const { default: _unused, ...rest } = schema as T & { default?: unknown }
+  const raw = rest as Record<string, unknown>
+  const type = raw.type
+  const out: Record<string, unknown> = { ...raw, type: Array.isArray(type) ? [...type, 'null'] : [type, 'null'] }
+  if (Array.isArray(raw.enum)) out.enum = [...(raw.enum as unknown[]), null]
+  return Type.Unsafe(out)
+}
+
+const patchOf = (fields: Record<string, TSchema>): TSchema =>
+  Type.Object(Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Type.Optional(nullable(v))])), strict)
+
+export const HealthCheckPatch = patchOf(healthCheckFields)
 
 export const AllowedAccount = Type.String({ pattern: '^([0-9]{12}|\\*)$' })
 
@@ -73,15 +77,27 @@ const serviceFields = {
 export const ServiceCreate = Type.Object(serviceFields, strict)
 
 export const ServicePatch = Type.Object({
-  acceptanceRequired: Type.Optional(Type.Boolean()),
-  sameZonePreferred: Type.Optional(Type.Boolean()),
-  healthCheck: Type.Optional(HealthCheckPatch),
+  acceptanceRequired: Type.Optional(nullable(serviceFields.acceptanceRequired)),
+  sameZonePreferred: Type.Optional(nullable(serviceFields.sameZonePreferred)),
+  healthCheck: Type.Optional(nullable(HealthCheckPatch)),
   // Immutable after creation: accepted by the schema so the rules can answer 409, not 400.
   portMappings: Type.Optional(Type.Unknown()),
   name: Type.Optional(Type.Unknown())
 }, strict)
 
+/** The fields of a service a PATCH may change, after the merge: defaults refill removed ones. */
+export const ServiceMutable = Type.Object({
+  acceptanceRequired: serviceFields.acceptanceRequired,
+  sameZonePreferred: serviceFields.sameZonePreferred,
+  healthCheck: serviceFields.healthCheck
+}, strict)
+
 export const BackendList = Type.Array(BackendInput)
+
+const backendMutableFields = { zone: Zone, weight: Type.Integer({ minimum: 0, maximum: 100, default: 100 }) }
+export const BackendPatch = patchOf(backendMutableFields)
+/** `zone` is required: `{"zone": null}` is a 400. */
+export const BackendMutable = Type.Object(backendMutableFields, strict)
 
 export const AllowedAccountBody = Type.Object({ accountId: AllowedAccount }, strict)
 
@@ -95,10 +111,8 @@ const endpointFields = {
 }
 export const EndpointCreate = Type.Object(endpointFields, strict)
 
-export const EndpointPatch = Type.Object({
-  allowedSources: Type.Optional(Type.Array(Cidr, { maxItems: 64 })),
-  privateDns: Type.Optional(Type.Boolean())
-}, strict)
+export const EndpointPatch = patchOf({ allowedSources: endpointFields.allowedSources, privateDns: endpointFields.privateDns })
+export const EndpointMutable = Type.Object({ allowedSources: endpointFields.allowedSources, privateDns: endpointFields.privateDns }, strict)
 
 // ---- the config file (SPEC §2) ----
 const HostPort = Type.String({ format: 'hostport' })
@@ -137,14 +151,18 @@ export const ConfigSchema = Type.Object({
   quotas: Type.Object({
     servicesPerAccount: Type.Integer({ minimum: 0, maximum: 100000, default: 20 }),
     endpointsPerAccount: Type.Integer({ minimum: 0, maximum: 100000, default: 50 }),
-    portMappingsPerService: Type.Integer({ minimum: 1, maximum: 1000, default: 50 })
+    portMappingsPerService: Type.Integer({ minimum: 1, maximum: 1000, default: 50 }),
+    // SPEC §10: every backend costs a health probe per interval; past it → 409 QuotaExceeded.
+    backendsPerService: Type.Integer({ minimum: 1, maximum: 10000, default: 100 })
   }, { ...strict, default: {} }),
   limits: Type.Object({
     maxConnectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 1000000, default: 3000 }),
     connectTimeoutMs: Type.Integer({ minimum: 1, maximum: 60000, default: 3000 }),
     tcpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 350 }),
     udpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 120 }),
-    shutdownGraceSeconds: Type.Number({ minimum: 0, maximum: 3600, default: 10 })
+    shutdownGraceSeconds: Type.Number({ minimum: 0, maximum: 3600, default: 10 }),
+    // SPEC §10: open control-API connections; past it an idle one is closed to make room.
+    apiMaxConnections: Type.Integer({ minimum: 1, maximum: 65536, default: 256 })
   }, { ...strict, default: {} }),
   services: Type.Array(Type.Object({ id: ServiceId, ownerAccountId: AccountId, ...serviceFields }, strict), { default: [] }),
   endpoints: Type.Array(Type.Object({ id: EndpointId, ownerAccountId: AccountId, ...endpointFields }, strict), { default: [] }),
@@ -159,11 +177,11 @@ export const ConfigSchema = Type.Object({
 
 export type ServiceCreateInput = Static<typeof ServiceCreate>
 export type ServicePatchInput = Static<typeof ServicePatch>
+export type ServiceMutableInput = Static<typeof ServiceMutable>
 export type BackendInputT = Static<typeof BackendInput>
-export type BackendPatchInput = Static<typeof BackendPatch>
+export type BackendMutableInput = Static<typeof BackendMutable>
 export type EndpointCreateInput = Static<typeof EndpointCreate>
-export type EndpointPatchInput = Static<typeof EndpointPatch>
-export type HealthCheckPatchInput = Static<typeof HealthCheckPatch>
+export type EndpointMutableInput = Static<typeof EndpointMutable>
 export type Config = Static<typeof ConfigSchema>
 export type ConfigService = Config['services'][number]
 export type ConfigEndpoint = Config['endpoints'][number]
