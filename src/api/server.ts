@@ -2,10 +2,13 @@
 // by the control plane with the shared schemas; every error leaves as
 // {"error": {"code", "message"}} with the status of the error catalogue.
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
-import { internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, unauthorized, type LinkgateError } from '../errors.ts'
+import {
+  internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, requestTimeout, unauthorized, type LinkgateError
+} from '../errors.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import { guardConnections } from './connection-guard.ts'
 import { isUnderV1 } from './request-path.ts'
@@ -70,6 +73,24 @@ type Params = Record<string, string>
 const send = (reply: FastifyReply, err: LinkgateError): FastifyReply =>
   reply.code(err.statusCode).send({ error: { code: err.code, message: err.message } })
 
+/**
+ * What Node's HTTP parser refuses before any route runs (a malformed request, headers past
+ * 16 KiB, the header/request deadlines) still leaves with the error envelope, then the
+ * connection closes — as fastify's default handler does, but in linkgate's format.
+ */
+function clientErrorHandler (err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const error = err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+    ? requestTimeout()
+    : invalidParameter(err.code === 'HPE_HEADER_OVERFLOW' ? 'headers: larger than 16 KiB' : `request: malformed HTTP (${err.code ?? 'parse error'})`)
+  const body = JSON.stringify({ error: { code: error.code, message: error.message } })
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${error.statusCode} ${error.statusCode === 408 ? 'Request Timeout' : 'Bad Request'}\r\n` +
+      `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy()
+}
+
 export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS }: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
@@ -82,6 +103,20 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     connectionTimeout: REQUEST_TIMEOUT_MS,
     forceCloseConnections: true,
+    clientErrorHandler,
+    // The router's own refusals (a malformed %-escape, a parameter past maxParamLength): 401
+    // first when the path reads as /v1 and no valid token came, then 400, both in the envelope.
+    frameworkErrors: (error, request, reply) => {
+      if (isUnderV1(request.raw.url ?? '')) {
+        try {
+          control.authenticate(request.headers.authorization)
+        } catch (err) {
+          if (isLinkgateError(err)) { send(reply, err); return }
+          throw err
+        }
+      }
+      send(reply, invalidParameter(`path: ${error.message}`))
+    },
     routerOptions: { ignoreTrailingSlash: true }
   })
   guardConnections(app.server, maxConnections, metrics)

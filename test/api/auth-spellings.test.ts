@@ -1,29 +1,9 @@
 // Authentication by route, not by URL text (SPEC §10): however a /v1 path is spelled, a request
 // without a valid token never reaches a handler — it is 401 and changes nothing — and with a
 // token the same spelling reaches the same handler or a plain 404.
-import { request } from 'node:http'
 import t from 'tap'
 import { CONSUMER, PROVIDER, startApi, tcpService } from '../helpers/api-harness.ts'
-
-/** A request whose path goes on the wire byte for byte (fetch would resolve dot segments). */
-export function rawCall (url: string, method: string, path: string, headers: Record<string, string> = {}, body?: string):
-Promise<{ status: number, body: any }> {
-  const { hostname, port } = new URL(url)
-  return new Promise((resolve, reject) => {
-    const req = request({ host: hostname, port, method, path, headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers } }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8')
-        let parsed: unknown
-        try { parsed = text === '' ? undefined : JSON.parse(text) } catch { parsed = text }
-        resolve({ status: res.statusCode ?? 0, body: parsed })
-      })
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
-}
+import { rawCall } from '../helpers/raw-http.ts'
 
 const spellings = (id: string): Array<[string, string]> => [
   ['percent-encoded v', '/%761/endpoints'],
@@ -48,7 +28,9 @@ const spellings = (id: string): Array<[string, string]> => [
   ['service by id, double slash', `/v1/endpoint-services//${id}`],
   ['bare /v1', '/v1'],
   ['unknown route under /v1', '/v1/load-balancers'],
-  ['unknown route, encoded', '/%761/load-balancers']
+  ['unknown route, encoded', '/%761/load-balancers'],
+  ['broken escape', '/v1/endpoints%'],
+  ['broken escape inside', '/v1/%zz/endpoints']
 ]
 
 t.test('no spelling of a /v1 path reaches a handler without a token', async (t) => {
@@ -104,6 +86,30 @@ t.test("a DELETE on another account's service id by any spelling reveals nothing
     t.equal(otherMissing.status, 404)
   }
   t.ok(api.store.state.services[svc.id], 'the service is still there')
+})
+
+t.test('a malformed escape: 401 without a token, 400 in the envelope with one', async (t) => {
+  const api = await startApi(t)
+  const res = await rawCall(api.url, 'GET', '/v1/endpoints%', { authorization: `Bearer ${CONSUMER.token}` })
+  t.equal(res.status, 400)
+  t.equal(res.body?.error?.code, 'InvalidParameter')
+  t.match(res.body?.error?.message, /^path: /)
+})
+
+t.test('a request the HTTP parser refuses still gets the error envelope', async (t) => {
+  const api = await startApi(t)
+  const { connect } = await import('node:net')
+  const { hostname, port } = new URL(api.url)
+  const text = await new Promise<string>((resolve) => {
+    const s = connect({ host: hostname, port: Number(port) }, () => s.write('GET /v1/endpoints HTTP/1.1\r\nhost x\r\n\r\n'))
+    let out = ''
+    s.setEncoding('utf8')
+    s.on('data', (d: string) => { out += d })
+    s.on('close', () => resolve(out))
+    s.on('error', () => {})
+  })
+  t.match(text, /^HTTP\/1\.1 400/)
+  t.match(text, /"code":"InvalidParameter"/)
 })
 
 t.test('the scheme word Bearer matches case-insensitively', async (t) => {
