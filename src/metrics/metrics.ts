@@ -107,7 +107,7 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
     }),
     apiConnectionsClosedTotal: new Counter({
       name: 'linkgate_api_connections_closed_total',
-      help: 'Control API connections closed by linkgate at the connection limit: reason "idle" (an idle one made room for a new one) or "limit" (every one was busy; the new one was closed).',
+      help: 'Control API connections closed by linkgate at the connection limit: reason "idle" (an idle one made room for a new one), "slow_body" (one still receiving its body did) or "limit" (every one had a whole request in hand; the new one was closed).',
       labelNames: ['reason'] as const,
       registers: [registry]
     }),
