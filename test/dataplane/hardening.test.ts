@@ -209,3 +209,19 @@ t.test('limits.maxConnections: derived from the soft open-file limit, an explici
   budget.release()
   t.ok(budget.tryAcquire(), 'a released slot can be taken again')
 })
+
+t.test('a deleted endpoint leaves none of its series behind (removed by the label sets it created)', async (t) => {
+  const echo = await startEchoServer(t, '127.71.15.20')
+  const px = await startProxy(t, { ip: '127.71.15.10', servicePort: echo.port, backends: [makeBackend('127.71.15.20')], allowedSources: ['127.0.0.1/32'] })
+  const client = await connectTo(t, '127.71.15.10', px.port)
+  t.equal((await roundTrip(client, 'x')).toString(), 'x')
+  const outsider = await connectTo(t, '127.71.15.10', px.port, { localAddress: '127.71.15.99' })
+  await closed(outsider, 1000)
+  const text = async (): Promise<string> => await px.metrics.registry.metrics()
+  for (const name of ['linkgate_connections_total', 'linkgate_active_connections', 'linkgate_bytes_total', 'linkgate_connections_refused_total']) {
+    t.match(await text(), new RegExp(`^${name}\\{[^}]*endpoint_id="${px.endpoint.id}"`, 'm'), `${name} has the endpoint's series`)
+  }
+  await deleteEndpoint(px.store, px.endpoint.id)
+  await waitFor(async () => !(await text()).includes(px.endpoint.id), 1000, 'every series of the endpoint gone')
+  t.notMatch(await text(), px.endpoint.id)
+})
