@@ -147,6 +147,7 @@ export class RecordingAccessLog implements AccessLog {
   readonly entries: AccessLogEntry[] = []
   write (entry: AccessLogEntry): void { this.entries.push(entry) }
   flush (): void {}
+  close (): Promise<void> { return Promise.resolve() }
 }
 
 export interface DataPlaneFixture {
