@@ -4,6 +4,7 @@
 #   promtool (prometheus)  /metrics output must pass `promtool check metrics` (SPEC §7)
 #   ip (iproute2), curl    e2e tests and the README's examples
 #   jq, git                e2e first-run test (copies the tracked files; the README walkthrough uses jq)
+#   prlimit (util-linux)   e2e overload test runs the gateway under a small open-file limit
 #   haproxy, nginx + stream module, dnsmasq (dnsmasq-base)
 #                          test/bench/harness.test.ts checks the bench's configs with the real tools
 # With --bench it also installs the load generators of bench/ (iperf3, wrk, dnsperf).
@@ -41,6 +42,7 @@ checks=(
   "nginx|nginx|nginx"
   "nginx stream module|libnginx-mod-stream|/usr/lib/nginx/modules/ngx_stream_module.so"
   "dnsmasq|dnsmasq-base|dnsmasq"
+  "prlimit|util-linux|prlimit"
 )
 if [[ $want_bench == 1 ]]; then
   checks+=("iperf3|iperf3|iperf3" "wrk|wrk|wrk" "dnsperf|dnsperf|dnsperf")

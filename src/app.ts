@@ -11,6 +11,7 @@ import { lockStateDir, type StateLock } from './control/state-lock.ts'
 import { Store } from './control/store.ts'
 import { parseHostPort } from './control/validation.ts'
 import { createAccessLog } from './dataplane/access-log.ts'
+import { ConnectionBudget, resolveMaxConnections, softOpenFileLimit } from './dataplane/connection-budget.ts'
 import { DataPlane } from './dataplane/data-plane.ts'
 import { createUdpListener } from './dataplane/udp-proxy.ts'
 import { HealthChecker } from './dataplane/upstream/health-checker.ts'
@@ -53,7 +54,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? pino({ level: config.log.level })
   const metrics = createMetrics(options.registry ?? new Registry())
   const upstream = new UpstreamState()
-  const accessLog = createAccessLog(config.log.access)
+  const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
   let store: Store | undefined
   let lock: StateLock | undefined
   let control: ControlPlane | undefined
@@ -81,7 +82,19 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     async start () {
       // Before anything opens or writes the state: a second instance stops here (SPEC §10).
       lock = await lockStateDir(config.stateDir)
+      // SPEC §10: the budget follows the open-file limit; a value it cannot carry stops the start
+      // before anything is opened or written.
+      let maxConnections: number
+      try {
+        maxConnections = resolveMaxConnections(config.limits.maxConnections, softOpenFileLimit())
+      } catch (err) {
+        throw new ConfigError(options.configFile ?? '<config>', [(err as Error).message])
+      }
+      const budget = new ConnectionBudget(maxConnections)
       store = await Store.open(config.stateDir)
+      const endpointStatuses = metrics.endpoints
+      const stateOf = store
+      metrics.beforeScrape(() => { publishEndpointStatuses(endpointStatuses, stateOf.state.endpoints) })
       control = new ControlPlane(config, store)
       control.setHealthSource(upstream)
       const file = options.configFile ?? '<config>'
@@ -107,9 +120,15 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         upstream,
         accessLog,
         udpFactory: createUdpListener,
+        budget,
         onEndpointFailed: (id, reason) => {
           ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
             logger.error({ err, endpointId: id }, 'could not record endpoint failure')
+          })
+        },
+        onEndpointRecovered: (id) => {
+          ctl.markEndpointRecovered(id).catch((err: unknown) => {
+            logger.error({ err, endpointId: id }, 'could not record endpoint recovery')
           })
         }
       })
@@ -122,7 +141,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo
-      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir }, 'linkgate started')
+      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir, maxConnections }, 'linkgate started')
       return { api: apiAddress, dns: dnsAddresses }
     },
 
@@ -136,7 +155,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           health?.close(),
           demo?.close()
         ])
-        accessLog.flush()
+        await accessLog.close()
         await lock?.release()
       })()
       return closing
@@ -153,4 +172,13 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     }
   }
   return app
+}
+
+const ENDPOINT_STATUSES = ['pendingAcceptance', 'creating', 'accepted', 'rejected', 'failed', 'deleting'] as const
+
+/** linkgate_endpoints{status}: every status, zero included, counted at scrape time. */
+function publishEndpointStatuses (gauge: Metrics['endpoints'], endpoints: Readonly<Record<string, { status: string }>>): void {
+  const counts = new Map<string, number>(ENDPOINT_STATUSES.map((s) => [s, 0]))
+  for (const ep of Object.values(endpoints)) counts.set(ep.status, (counts.get(ep.status) ?? 0) + 1)
+  for (const [status, n] of counts) gauge.set({ status }, n)
 }

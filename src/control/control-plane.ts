@@ -9,7 +9,7 @@ import {
 import { endpointDnsNames } from './dns-names.ts'
 import { allocateIp, normalizeIp } from './ip-allocation.ts'
 import {
-  endpointTransitions, type Backend, type ChangeEvent, type Endpoint, type EndpointService,
+  endpointTransitions, isBindFailure, type Backend, type ChangeEvent, type Endpoint, type EndpointService,
   type EndpointStatus, type HealthCheck, type HealthSource, type PortMapping
 } from './model.ts'
 import { mergePatch } from './merge-patch.ts'
@@ -266,6 +266,8 @@ export class ControlPlane {
         throw notFound(`endpointId: no endpoint ${endpointId} connects to ${id}`)
       }
       if (current.status === decision) return { result: current, events: [] }
+      // failed → accepted belongs to the data plane (a bind that heals), not to the provider.
+      if (current.status === 'failed') throw conflict(`status: endpoint ${endpointId} is failed and cannot become ${decision}`)
       this.#transition(current, decision)
       const next = this.#withStatus(current, decision)
       draft.endpoints[endpointId] = next
@@ -344,6 +346,17 @@ export class ControlPlane {
       const current = draft.endpoints[id]
       if (current === undefined || current.status !== 'accepted') return { result: undefined, events: [] }
       draft.endpoints[id] = this.#withStatus({ ...current, statusReason: reason }, 'failed')
+      return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
+    })
+  }
+
+  /** The data plane bound every listener of an endpoint that had failed to bind: accepted again (SPEC §10). */
+  async markEndpointRecovered (id: string): Promise<void> {
+    await this.#store.transact((draft) => {
+      const current = draft.endpoints[id]
+      if (current === undefined || !isBindFailure(current)) return { result: undefined, events: [] }
+      this.#transition(current, 'accepted')
+      draft.endpoints[id] = this.#withStatus(current, 'accepted')
       return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
     })
   }

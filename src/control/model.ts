@@ -52,6 +52,8 @@ export type EndpointStatus = 'pendingAcceptance' | 'creating' | 'accepted' | 're
  * Allowed endpoint transitions, in one place (STYLE habit 5).
  * accept/reject are the provider's decision; `failed` comes from the data plane (bind error).
  * A rejected endpoint may still be accepted later, as on AWS ("reject" is not final there either).
+ * failed → accepted only by the data plane, when a bind failure heals (SPEC §10); the provider
+ * cannot accept a failed endpoint.
  */
 // pendingAcceptance/rejected → failed: their endpoint service was deleted (ControlPlane.deleteService).
 export const endpointTransitions: Readonly<Record<EndpointStatus, readonly EndpointStatus[]>> = {
@@ -59,8 +61,16 @@ export const endpointTransitions: Readonly<Record<EndpointStatus, readonly Endpo
   creating: ['accepted', 'failed', 'deleting'],
   accepted: ['rejected', 'failed', 'deleting'],
   rejected: ['accepted', 'failed', 'deleting'],
-  failed: ['deleting'],
+  failed: ['accepted', 'deleting'],
   deleting: []
+}
+
+/** How the data plane's bind-failure reasons begin (`bind 127.0.0.1:80: EADDRINUSE ...`). */
+export const BIND_FAILURE_PREFIX = 'bind '
+
+/** Failed because a listener could not be bound: the data plane keeps retrying (SPEC §10). */
+export function isBindFailure (endpoint: Pick<Endpoint, 'status' | 'statusReason'>): boolean {
+  return endpoint.status === 'failed' && endpoint.statusReason?.startsWith(BIND_FAILURE_PREFIX) === true
 }
 
 export interface Endpoint {

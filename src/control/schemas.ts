@@ -157,6 +157,8 @@ export const ConfigSchema = Type.Object({
   }, { ...strict, default: {} }),
   limits: Type.Object({
     maxConnectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 1000000, default: 3000 }),
+    /** Live TCP connections + UDP flows over all endpoints; default derived from RLIMIT_NOFILE at start (SPEC §10). */
+    maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000000 })),
     connectTimeoutMs: Type.Integer({ minimum: 1, maximum: 60000, default: 3000 }),
     tcpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 350 }),
     udpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 120 }),

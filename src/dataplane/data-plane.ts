@@ -8,17 +8,29 @@
 // pass diffs wanted against bound from `store.state`, so no event can be missed or replayed
 // in the wrong order. Endpoint and service records are frozen and replaced on change, so
 // "changed" is a reference comparison.
+//
+// Bind failures heal (SPEC §10): an endpoint whose listener cannot be bound releases what it
+// holds, is reported `failed` (statusReason `bind ...`), and keeps its entry here with a retry
+// timer: 5 s, doubling up to 60 s. When every listener binds, the control plane is told and the
+// endpoint is `accepted` again. An endpoint stored as failed by a bind is retried after a
+// restart too; only leaving that state (a delete) ends the retries.
 import type { Logger } from 'pino'
-import type { Backend, Endpoint, EndpointService, PortMapping, State } from '../control/model.ts'
+import { isBindFailure, type Backend, type Endpoint, type EndpointService, type PortMapping, type State } from '../control/model.ts'
 import type { Config } from '../control/schemas.ts'
 import type { Store } from '../control/store.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import type { AccessLog } from './access-log.ts'
+import { unlimitedBudget, type ConnectionBudget } from './connection-budget.ts'
 import { EndpointRuntime } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerFactory, ProxyListener } from './listener.ts'
-import { createTcpListener, describeSocketError } from './tcp-proxy.ts'
+import { describeSocketError } from './socket-errors.ts'
+import { createTcpListener } from './tcp-proxy.ts'
 import { ServiceBalancer } from './upstream/balancer.ts'
-import type { UpstreamState } from './upstream/upstream-state.ts'
+import type { HealthTransition, UpstreamState } from './upstream/upstream-state.ts'
+
+/** First retry of a failed bind, and the ceiling of its doubling (SPEC §10). */
+export const BIND_RETRY_FIRST_MS = 5000
+export const BIND_RETRY_MAX_MS = 60_000
 
 export interface DataPlaneOptions {
   readonly config: Config
@@ -29,6 +41,12 @@ export interface DataPlaneOptions {
   readonly accessLog: AccessLog
   /** Told when an endpoint's listener cannot be bound; the control plane marks it `failed`. */
   readonly onEndpointFailed: (endpointId: string, reason: string) => void
+  /** Told when every listener of an endpoint that failed to bind is bound; the control plane makes it `accepted`. */
+  readonly onEndpointRecovered?: (endpointId: string) => void
+  /** The process-wide connection budget (`limits.maxConnections`); default: unlimited. */
+  readonly budget?: ConnectionBudget
+  /** Bind retry delays, for tests; default BIND_RETRY_FIRST_MS and BIND_RETRY_MAX_MS. */
+  readonly bindRetryMs?: { readonly first: number, readonly max: number }
   /** UDP mappings are skipped without it. */
   readonly udpFactory?: ListenerFactory
   /** Defaults to the TCP proxy; replaceable for embedding. */
@@ -46,13 +64,19 @@ interface EndpointEntry {
   service: EndpointService
   /** Keyed by `listenerKey`. */
   readonly listeners: Map<string, BoundListener>
-  /** A bind failed: hold nothing and do not retry until the endpoint leaves `accepted`. */
+  /** A bind failed: hold nothing until `retry` fires and binds everything again. */
   failed: boolean
+  retry: NodeJS.Timeout | null
+  retryDelayMs: number
+  /** Binds in flight. */
+  binding: number
 }
 
 interface BalancerEntry {
   readonly balancer: ServiceBalancer
   service: EndpointService
+  /** Last value published to linkgate_service_fail_open (null: none yet). */
+  failOpen: boolean | null
 }
 
 export class DataPlane {
@@ -61,6 +85,9 @@ export class DataPlane {
   readonly #tcpFactory: ListenerFactory
   readonly #balancers = new Map<string, BalancerEntry>()
   readonly #entries = new Map<string, EndpointEntry>()
+  readonly #budget: ConnectionBudget
+  readonly #retryFirstMs: number
+  readonly #retryMaxMs: number
   #scheduled: NodeJS.Immediate | null = null
   #started = false
   #closed = false
@@ -70,6 +97,9 @@ export class DataPlane {
     this.#opts = opts
     this.#logger = opts.logger
     this.#tcpFactory = opts.tcpFactory ?? createTcpListener
+    this.#budget = opts.budget ?? unlimitedBudget()
+    this.#retryFirstMs = opts.bindRetryMs?.first ?? BIND_RETRY_FIRST_MS
+    this.#retryMaxMs = opts.bindRetryMs?.max ?? BIND_RETRY_MAX_MS
   }
 
   /** Initial reconcile; resolves once every wanted listener is bound or its endpoint reported failed. */
@@ -77,6 +107,7 @@ export class DataPlane {
     if (this.#started || this.#closed) return Promise.resolve()
     this.#started = true
     this.#opts.store.on('change', this.#onChange)
+    this.#opts.upstream.on('transition', this.#onHealthTransition)
     return this.#reconcile()
   }
 
@@ -118,6 +149,7 @@ export class DataPlane {
   #stop (): void {
     this.#closed = true
     this.#opts.store.off('change', this.#onChange)
+    this.#opts.upstream.off('transition', this.#onHealthTransition)
     if (this.#scheduled !== null) clearImmediate(this.#scheduled)
     this.#scheduled = null
   }
@@ -131,6 +163,26 @@ export class DataPlane {
   #teardown (reason: CloseReason): void {
     for (const entry of this.#entries.values()) this.#removeEntry(entry, reason)
     this.#balancers.clear()
+  }
+
+  /** A backend's health changed: its service may have started or stopped failing open. */
+  readonly #onHealthTransition = (t: HealthTransition): void => {
+    const entry = this.#balancers.get(t.serviceId)
+    if (entry !== undefined) this.#publishFailOpen(entry)
+  }
+
+  #publishFailOpen (entry: BalancerEntry): void {
+    const failOpen = entry.balancer.failOpen
+    const before = entry.failOpen
+    if (failOpen === before) return
+    entry.failOpen = failOpen
+    this.#opts.metrics.serviceFailOpen.labels({ service_id: entry.service.id }).set(failOpen ? 1 : 0)
+    if (before === null && !failOpen) return
+    if (failOpen) {
+      this.#logger.warn({ serviceId: entry.service.id }, 'every backend with weight > 0 is unhealthy: failing open (new connections go to all of them)')
+    } else {
+      this.#logger.info({ serviceId: entry.service.id }, 'service no longer failing open')
+    }
   }
 
   /** One pass: services first (balancers), then endpoints. Synchronous except for the binds it returns. */
@@ -152,17 +204,21 @@ export class DataPlane {
         const gone = this.#balancers.get(id)?.service
         this.#balancers.delete(id)
         if (gone !== undefined) this.#dropSeries(gone, [])
+        this.#opts.metrics.serviceFailOpen.remove({ service_id: id })
       }
     }
     for (const service of Object.values(state.services)) {
       const entry = this.#balancers.get(service.id)
       if (entry === undefined) {
-        this.#balancers.set(service.id, { balancer: new ServiceBalancer(service, this.#opts.upstream), service })
+        const created = { balancer: new ServiceBalancer(service, this.#opts.upstream), service, failOpen: null }
+        this.#balancers.set(service.id, created)
+        this.#publishFailOpen(created)
       } else if (entry.service !== service) {
         // New weights or backends: new connections follow them; live ones keep their backend.
         entry.balancer.update(service)
         this.#dropSeries(entry.service, service.backends)
         entry.service = service
+        this.#publishFailOpen(entry)
       }
     }
   }
@@ -186,31 +242,36 @@ export class DataPlane {
   #reconcileEndpoints (state: State): Promise<void> {
     for (const entry of this.#entries.values()) {
       const endpoint = state.endpoints[entry.endpoint.id]
-      if (endpoint === undefined || endpoint.status !== 'accepted' || state.services[endpoint.serviceId] === undefined ||
+      if (endpoint === undefined || !wantsListeners(endpoint) || state.services[endpoint.serviceId] === undefined ||
         endpoint.serviceId !== entry.endpoint.serviceId) { // the runtime is tied to one service's balancer
         this.#removeEntry(entry, 'removed')
       }
     }
     const binds: Array<Promise<void>> = []
     for (const endpoint of Object.values(state.endpoints)) {
-      if (endpoint.status !== 'accepted') continue
+      if (!wantsListeners(endpoint)) continue
       const service = state.services[endpoint.serviceId]
       const balancer = this.#balancers.get(endpoint.serviceId)
       if (service === undefined || balancer === undefined) continue
       let entry = this.#entries.get(endpoint.id)
       if (entry === undefined) {
         entry = {
-          runtime: new EndpointRuntime(endpoint, service, balancer.balancer, this.#opts.metrics),
+          runtime: new EndpointRuntime(endpoint, service, balancer.balancer, this.#opts.metrics, this.#budget),
           endpoint,
           service,
           listeners: new Map(),
-          failed: false
+          failed: false,
+          retry: null,
+          retryDelayMs: this.#retryFirstMs,
+          binding: 0
         }
         this.#entries.set(endpoint.id, entry)
       } else if (entry.endpoint !== endpoint || entry.service !== service) {
         entry.runtime.update(endpoint, service)
         entry.endpoint = endpoint
         entry.service = service
+        // Bound again (a retry) before the control plane had recorded the failure: say so now.
+        if (!entry.failed && entry.binding === 0 && endpoint.status === 'failed') this.#recovered(entry)
       } else {
         continue
       }
@@ -257,7 +318,9 @@ export class DataPlane {
   }
 
   async #bind (entry: EndpointEntry, fresh: BoundListener[]): Promise<void> {
+    entry.binding++
     const results = await Promise.allSettled(fresh.map((b) => b.listener.listen()))
+    entry.binding--
     // Superseded while binding (endpoint removed, or another bind already failed it): the
     // reconcile that superseded it has destroyed these listeners.
     if (this.#entries.get(entry.endpoint.id) !== entry || entry.failed) return
@@ -265,6 +328,8 @@ export class DataPlane {
     if (index < 0) {
       this.#logger.info({ endpointId: entry.endpoint.id, ip: entry.endpoint.ip, ports: fresh.map((b) => `${b.mapping.protocol}/${b.mapping.terminalPort}`) },
         'endpoint listening')
+      entry.retryDelayMs = this.#retryFirstMs
+      if (entry.binding === 0 && entry.endpoint.status === 'failed') this.#recovered(entry)
       return
     }
     const failed = fresh[index] as BoundListener
@@ -276,7 +341,14 @@ export class DataPlane {
     const ip = entry.endpoint.ip
     const host = ip.includes(':') ? `[${ip}]` : ip
     const reason = `bind ${host}:${failed.mapping.terminalPort}: ${describeSocketError(err)} (${failed.mapping.protocol})`
-    this.#logger.error({ endpointId: entry.endpoint.id, err }, `endpoint failed: ${reason}`)
+    const delayMs = entry.retryDelayMs
+    entry.retryDelayMs = Math.min(this.#retryMaxMs, delayMs * 2)
+    this.#scheduleRetry(entry, delayMs)
+    if (entry.endpoint.status === 'failed') { // already recorded: a retry that failed again
+      this.#logger.info({ endpointId: entry.endpoint.id, retryInMs: delayMs }, `endpoint still cannot bind: ${reason}`)
+      return
+    }
+    this.#logger.error({ endpointId: entry.endpoint.id, err, retryInMs: delayMs }, `endpoint failed: ${reason}`)
     try {
       this.#opts.onEndpointFailed(entry.endpoint.id, reason)
     } catch (cbErr) {
@@ -284,14 +356,45 @@ export class DataPlane {
     }
   }
 
+  #scheduleRetry (entry: EndpointEntry, delayMs: number): void {
+    if (entry.retry !== null) clearTimeout(entry.retry)
+    entry.retry = setTimeout(() => {
+      entry.retry = null
+      if (this.#closed || this.#entries.get(entry.endpoint.id) !== entry || !entry.failed) return
+      entry.failed = false
+      const bind = this.#syncListeners(entry)
+      if (bind === null) { // nothing to bind any more (no mapping this process serves)
+        if (entry.endpoint.status === 'failed') this.#recovered(entry)
+      }
+    }, delayMs)
+    entry.retry.unref()
+  }
+
+  /** Every listener of an endpoint recorded as failed is bound: the control plane makes it accepted. */
+  #recovered (entry: EndpointEntry): void {
+    this.#logger.info({ endpointId: entry.endpoint.id }, 'endpoint bound after a bind failure: accepted again')
+    try {
+      this.#opts.onEndpointRecovered?.(entry.endpoint.id)
+    } catch (err) {
+      this.#logger.error({ err, endpointId: entry.endpoint.id }, 'onEndpointRecovered threw')
+    }
+  }
+
   #removeEntry (entry: EndpointEntry, reason: CloseReason): void {
     if (this.#entries.get(entry.endpoint.id) !== entry) return
     this.#entries.delete(entry.endpoint.id)
+    if (entry.retry !== null) clearTimeout(entry.retry)
+    entry.retry = null
     for (const bound of entry.listeners.values()) bound.listener.destroy(reason)
     entry.listeners.clear()
     entry.runtime.dispose()
     if (reason === 'removed') this.#logger.info({ endpointId: entry.endpoint.id }, 'endpoint stopped listening')
   }
+}
+
+/** Accepted endpoints listen; one failed by a bind keeps trying to (SPEC §10). */
+function wantsListeners (endpoint: Endpoint): boolean {
+  return endpoint.status === 'accepted' || (endpoint.status === 'failed' && isBindFailure(endpoint))
 }
 
 function listenerKey (ip: string, m: PortMapping): string {

@@ -1,12 +1,16 @@
 // Everything the proxies of one accepted endpoint share: its current endpoint and service
 // records, the service's balancer, the live-connection count that `maxConnectionsPerEndpoint`
-// bounds (TCP connections and UDP flows together), the parsed `allowedSources`, and the cached
-// metric children and plain-number byte counters (STYLE habits 9 and 10).
+// bounds (TCP connections and UDP flows together) and its share of the process-wide budget
+// (`limits.maxConnections`), the parsed `allowedSources`, and the cached metric children and
+// plain-number byte counters (STYLE habits 9 and 10).
+//
+// Every labelled series this endpoint creates goes through here and is remembered, so that
+// dispose() removes exactly those label sets (prom-client has no public listing of children).
 import { isIPv4 } from 'node:net'
 import ipaddr from 'ipaddr.js'
-import type { Counter, Gauge } from 'prom-client'
 import type { Endpoint, EndpointService, Protocol } from '../control/model.ts'
 import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
+import { unlimitedBudget, type ConnectionBudget } from './connection-budget.ts'
 import type { ServiceBalancer } from './upstream/balancer.ts'
 
 /** A labelled child of a metric, as `.labels()` returns it; cached so the hot path never hashes labels. */
@@ -25,12 +29,15 @@ export class ProtocolStats {
   readonly #active: Child<Metrics['activeConnections']>
 
   constructor (metrics: Metrics, endpointId: string, serviceId: string, protocol: Protocol) {
-    const labels = { endpoint_id: endpointId, service_id: serviceId, protocol }
-    this.#toBackend = metrics.bytesTotal.labels({ ...labels, direction: 'client_to_backend' })
-    this.#toClient = metrics.bytesTotal.labels({ ...labels, direction: 'backend_to_client' })
-    this.#active = metrics.activeConnections.labels(labels)
+    this.labels = { endpoint_id: endpointId, service_id: serviceId, protocol }
+    this.#toBackend = metrics.bytesTotal.labels({ ...this.labels, direction: 'client_to_backend' })
+    this.#toClient = metrics.bytesTotal.labels({ ...this.labels, direction: 'backend_to_client' })
+    this.#active = metrics.activeConnections.labels(this.labels)
     this.#active.set(0)
   }
+
+  /** The label set of this protocol's bytes (plus direction) and active series. */
+  readonly labels: { endpoint_id: string, service_id: string, protocol: Protocol }
 
   publish (): void {
     if (this.bytesToBackend !== this.#publishedToBackend) {
@@ -51,19 +58,25 @@ export class EndpointRuntime {
   readonly balancer: ServiceBalancer
   /** Live TCP connections + UDP flows of this endpoint. */
   active = 0
+  /** The process-wide budget every endpoint shares (SPEC §10 `limits.maxConnections`). */
+  readonly budget: ConnectionBudget
   readonly tcp: ProtocolStats
   readonly udp: ProtocolStats
   readonly #metrics: Metrics
   readonly #refused = new Map<RefusalReason, Child<Metrics['connectionsRefusedTotal']>>()
+  /** linkgate_connections_total children by `${protocol} ${terminalPort}`, with their labels. */
+  readonly #connections = new Map<string, { labels: Record<string, string>, child: Child<Metrics['connectionsTotal']> }>()
   #sources: Range[] = []
   #allowAll4 = false
   #allowAll6 = false
   readonly #unhook: () => void
 
-  constructor (endpoint: Endpoint, service: EndpointService, balancer: ServiceBalancer, metrics: Metrics) {
+  constructor (endpoint: Endpoint, service: EndpointService, balancer: ServiceBalancer, metrics: Metrics,
+    budget: ConnectionBudget = unlimitedBudget()) {
     this.endpoint = endpoint
     this.service = service
     this.balancer = balancer
+    this.budget = budget
     this.#metrics = metrics
     this.tcp = new ProtocolStats(metrics, endpoint.id, service.id, 'TCP')
     this.udp = new ProtocolStats(metrics, endpoint.id, service.id, 'UDP')
@@ -118,15 +131,33 @@ export class EndpointRuntime {
     return false
   }
 
-  /** Take a connection slot; false when `limit` live connections already exist. */
-  tryAcquire (limit: number): boolean {
-    if (this.active >= limit) return false
+  /**
+   * Take a slot of this endpoint (`limit` = maxConnectionsPerEndpoint) and one of the
+   * process-wide budget; null when admitted, else the refusal reason (nothing is held then).
+   */
+  admit (limit: number): 'limit' | 'overload' | null {
+    if (this.active >= limit) return 'limit'
+    if (!this.budget.tryAcquire()) return 'overload'
     this.active++
-    return true
+    return null
   }
 
+  /** Give back what admit() took. */
   release (): void {
     this.active--
+    this.budget.release()
+  }
+
+  /** The linkgate_connections_total child of one listener, remembered for dispose(). */
+  connectionsCounter (protocol: Protocol, terminalPort: number): Child<Metrics['connectionsTotal']> {
+    const key = `${protocol} ${terminalPort}`
+    let entry = this.#connections.get(key)
+    if (entry === undefined) {
+      const labels = { endpoint_id: this.endpoint.id, service_id: this.service.id, protocol, terminal_port: String(terminalPort) }
+      entry = { labels, child: this.#metrics.connectionsTotal.labels(labels) }
+      this.#connections.set(key, entry)
+    }
+    return entry.child
   }
 
   refused (reason: RefusalReason): void {
@@ -144,9 +175,15 @@ export class EndpointRuntime {
     this.udp.publish()
     this.#unhook()
     const m = this.#metrics
-    for (const metric of [m.bytesTotal, m.activeConnections, m.connectionsTotal, m.connectionsRefusedTotal]) {
-      for (const labels of seriesOf(metric, this.endpoint.id)) (metric as Counter<string>).remove(labels)
+    for (const stats of [this.tcp, this.udp]) {
+      m.bytesTotal.remove({ ...stats.labels, direction: 'client_to_backend' })
+      m.bytesTotal.remove({ ...stats.labels, direction: 'backend_to_client' })
+      m.activeConnections.remove(stats.labels)
     }
+    for (const { labels } of this.#connections.values()) m.connectionsTotal.remove(labels)
+    this.#connections.clear()
+    for (const reason of this.#refused.keys()) m.connectionsRefusedTotal.remove({ endpoint_id: this.endpoint.id, reason })
+    this.#refused.clear()
   }
 
   #parseSources (): void {
@@ -164,11 +201,3 @@ export class EndpointRuntime {
   }
 }
 
-/**
- * Label sets of a metric's series that belong to one endpoint. prom-client has no public
- * synchronous listing of a metric's children, so this reads its `hashMap` (stable since v11).
- */
-function seriesOf (metric: Counter<string> | Gauge<string>, endpointId: string): Array<Record<string, string>> {
-  const hashMap = (metric as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap
-  return Object.values(hashMap ?? {}).map((v) => v.labels).filter((l) => l.endpoint_id === endpointId)
-}

@@ -30,4 +30,4 @@ export interface ProxyListener {
 export type ListenerFactory = (ctx: ListenerContext) => ProxyListener
 
 /** Why a proxied connection or UDP flow ended; the access log's `closeReason`. */
-export type CloseReason = 'client' | 'backend' | 'idle' | 'limit' | 'source' | 'reset' | 'shutdown' | 'no_backend' | 'connect_failed' | 'removed'
+export type CloseReason = 'client' | 'backend' | 'idle' | 'limit' | 'source' | 'reset' | 'shutdown' | 'no_backend' | 'connect_failed' | 'removed' | 'overload'

@@ -29,11 +29,11 @@
 // period is closed, at most one sweep interval late.
 import { Socket, createServer, type Server } from 'node:net'
 import { performance } from 'node:perf_hooks'
-import { getSystemErrorMessage } from 'node:util'
 import type { Backend } from '../control/model.ts'
 import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
 import type { ProtocolStats } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
+import { LogLimiter, isLocalTrouble, socketErrorReason } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
 
 /** Connect attempts per client connection, the first included (SPEC §5). */
@@ -66,14 +66,19 @@ class TcpListener implements ProxyListener {
   readonly #backendCounters = new WeakMap<Backend, Child<Metrics['backendConnectionsTotal']>>()
   readonly #server: Server
   readonly #sweepIntervalMs: number
+  /** Descriptor shortages are logged at most once a second per listener. */
+  readonly #troubleLog = new LogLimiter(1000)
   #sweeper: NodeJS.Timeout | null = null
   /**
    * Connect attempts in flight, oldest first: one timer per listener instead of a timer per
    * backend socket. The timeout is the same for every attempt, so the queue is ordered by
-   * deadline; an entry whose attempt has already connected or failed is skipped when reached.
+   * deadline. An attempt that connects or fails clears its pair from its slot (connectSettled),
+   * so a finished pair is not held until its deadline; empty slots are skipped when reached.
    */
-  #connecting: Array<TcpPair | number> = []
+  #connecting: Array<TcpPair | number | null> = []
   #connectingHead = 0
+  /** Slot number of `#connecting[0]`: slots are numbered for ever, the array is compacted. */
+  #connectingBase = 0
   #connectTimer: NodeJS.Timeout | null = null
   #listening = false
   #closing = false
@@ -86,15 +91,17 @@ class TcpListener implements ProxyListener {
     this.idleMs = Math.round(limits.tcpIdleTimeoutSeconds * 1000)
     this.connectTimeoutMs = limits.connectTimeoutMs
     this.#sweepIntervalMs = Math.max(10, Math.min(MAX_SWEEP_INTERVAL_MS, Math.floor(this.idleMs / 4)))
-    this.connections = metrics.connectionsTotal.labels({
-      endpoint_id: runtime.id, service_id: runtime.service.id, protocol: 'TCP', terminal_port: String(mapping.terminalPort)
-    })
+    this.connections = runtime.connectionsCounter('TCP', mapping.terminalPort)
     this.connectDuration = metrics.backendConnectDuration.labels({ service_id: runtime.service.id })
     // pauseOnConnect: nothing is read from the client before a backend is there to take it.
     this.#server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, this.#onConnection)
     this.#server.on('error', (err) => {
-      // Bind errors reach listen()'s promise; later ones are accept errors (EMFILE...): keep serving.
-      if (this.#listening) ctx.logger.warn({ err }, 'tcp listener error')
+      // Bind errors reach listen()'s promise; later ones are accept errors. On EMFILE/ENFILE
+      // libuv has accepted and closed the waiting connections with its reserved descriptor, so
+      // those clients saw a close: count it as overload, never close the listener, keep serving.
+      if (!this.#listening) return
+      if (isLocalTrouble(err)) ctx.runtime.refused('overload')
+      this.localTrouble(err, 'tcp listener: accept failed')
     })
   }
 
@@ -147,10 +154,28 @@ class TcpListener implements ProxyListener {
     return child
   }
 
-  /** Time out `pair`'s connect attempt number `attempt`, started at `startedAt`, after connectTimeoutMs. */
-  watchConnect (pair: TcpPair, attempt: number, startedAt: number): void {
+  /** Log a local shortage (descriptors, memory...) at most once a second. */
+  localTrouble (err: Error, msg: string): void {
+    this.#troubleLog.run((suppressed) => {
+      this.ctx.logger.warn({ err, suppressed }, msg)
+    })
+  }
+
+  /**
+   * Time out `pair`'s connect attempt number `attempt`, started at `startedAt`, after
+   * connectTimeoutMs. Returns the slot to hand to connectSettled.
+   */
+  watchConnect (pair: TcpPair, attempt: number, startedAt: number): number {
+    const slot = this.#connectingBase + this.#connecting.length
     this.#connecting.push(pair, attempt, startedAt + this.connectTimeoutMs)
     if (this.#connectTimer === null) this.#connectTimer = setTimeout(this.#expireConnects, this.connectTimeoutMs).unref()
+    return slot
+  }
+
+  /** The attempt watched in `slot` is over: let go of its pair now rather than at its deadline. */
+  connectSettled (slot: number, pair: TcpPair): void {
+    const i = slot - this.#connectingBase
+    if (i >= this.#connectingHead && i < this.#connecting.length && this.#connecting[i] === pair) this.#connecting[i] = null
   }
 
   readonly #expireConnects = (): void => {
@@ -161,15 +186,17 @@ class TcpListener implements ProxyListener {
     while (head < queue.length) {
       const deadline = queue[head + 2] as number
       if (deadline > now) break
-      const pair = queue[head] as TcpPair
+      const pair = queue[head] as TcpPair | null
       const attempt = queue[head + 1] as number
       head += 3
-      pair.connectTimedOut(attempt)
+      if (pair !== null) pair.connectTimedOut(attempt)
     }
     if (head >= queue.length) {
+      this.#connectingBase += this.#connecting.length
       this.#connecting = []
       head = 0
     } else if (head > 3 * 1024 && head * 2 > queue.length) {
+      this.#connectingBase += head
       this.#connecting = queue.slice(head)
       head = 0
     }
@@ -200,6 +227,7 @@ class TcpListener implements ProxyListener {
     this.#sweeper = null
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null
+    this.#connectingBase += this.#connecting.length
     this.#connecting = []
     this.#connectingHead = 0
   }
@@ -233,8 +261,10 @@ class TcpListener implements ProxyListener {
         return
       }
     }
-    if (!runtime.tryAcquire(this.ctx.limits.maxConnectionsPerEndpoint)) {
-      this.#refuse(socket, address, 'limit')
+    // Per-endpoint limit, then the process-wide budget (SPEC §10 "overload").
+    const refusal = runtime.admit(this.ctx.limits.maxConnectionsPerEndpoint)
+    if (refusal !== null) {
+      this.#refuse(socket, address, refusal)
       return
     }
     const pair = new TcpPair(this, socket, address)
@@ -307,6 +337,8 @@ class TcpPair {
   #tried: Set<Peer> | null = null
   #attempts = 0
   #connectStartedAt = 0
+  /** The listener's connect-timeout slot of the attempt in flight, -1 when none. */
+  #connectSlot = -1
   #state = CONNECTING
   #admitted = false
   #clientEnded = false
@@ -365,7 +397,7 @@ class TcpPair {
     backend.on('connect', onBackendConnect)
     backend.on('error', onBackendError)
     backend.on('close', onBackendClose)
-    listener.watchConnect(this, this.#attempts, this.#connectStartedAt)
+    this.#connectSlot = listener.watchConnect(this, this.#attempts, this.#connectStartedAt)
     backend.connect({ host: peer.backend.address, port: mapping.servicePort })
   }
 
@@ -402,6 +434,7 @@ class TcpPair {
     const peer = this.#peer as Peer
     const listener = this.#listener
     const now = performance.now()
+    this.#connectSettled()
     this.#state = OPEN
     this.#admitted = true
     this.#activeAt = now
@@ -418,20 +451,38 @@ class TcpPair {
     client.resume()
   }
 
-  #attemptFailed (reason: string): void {
+  #connectSettled (): void {
+    if (this.#connectSlot < 0) return
+    this.#listener.connectSettled(this.#connectSlot, this)
+    this.#connectSlot = -1
+  }
+
+  /** `local`: the attempt failed for lack of descriptors, memory or local ports (socket-errors.ts). */
+  #attemptFailed (reason: string, local?: Error): void {
     const backend = this.#backend as Socket
     const peer = this.#peer as Peer
-    const ctx = this.#listener.ctx
+    const listener = this.#listener
+    const ctx = listener.ctx
+    this.#connectSettled()
     backend.removeAllListeners()
     backend.on('error', noop)
     backend.destroy()
     this.#backend = null
     this.#backendClosed = true
-    ctx.upstream.connectFailed(peer.health, reason)
-    ctx.logger.debug({ backendId: peer.backend.id, address: peer.backend.address, attempt: this.#attempts, reason },
-      'backend connect failed')
+    if (local === undefined) {
+      ctx.upstream.connectFailed(peer.health, reason)
+      ctx.logger.debug({ backendId: peer.backend.id, address: peer.backend.address, attempt: this.#attempts, reason },
+        'backend connect failed')
+    }
     if (this.#reason !== null) { // the pair was destroyed meanwhile
       this.#maybeFinish()
+      return
+    }
+    if (local !== undefined) {
+      // Our shortage, not the backend's fault (SPEC §10): no passive failure, and no failover,
+      // which would only fail the same way; the client is reset and counted as overload.
+      listener.localTrouble(local, 'tcp proxy: cannot open a backend connection')
+      this.#fail('overload')
       return
     }
     if (this.#tried === null) this.#tried = new Set()
@@ -441,7 +492,7 @@ class TcpPair {
   }
 
   /** No backend could take the connection: reset the client (SPEC §5) and count it. */
-  #fail (reason: 'no_backend' | 'connect_failed'): void {
+  #fail (reason: 'no_backend' | 'connect_failed' | 'overload'): void {
     this.#reason = reason
     this.#listener.ctx.runtime.refused(reason)
     if (!this.#clientClosed) this.#client.resetAndDestroy()
@@ -451,7 +502,8 @@ class TcpPair {
   backendError (socket: Socket, err: NodeJS.ErrnoException): void {
     if (socket !== this.#backend) return // a failed attempt's socket
     if (this.#state === CONNECTING) {
-      this.#attemptFailed(err.code ?? err.message)
+      if (isLocalTrouble(err)) this.#attemptFailed(socketErrorReason(err), err)
+      else this.#attemptFailed(err.code ?? err.message)
     } else if (this.#reason === null) {
       this.#reason = 'reset'
     }
@@ -537,6 +589,7 @@ class TcpPair {
 
   #maybeFinish (): void {
     if (!this.#clientClosed || !this.#backendClosed || this.#state === DONE) return
+    this.#connectSettled()
     this.#state = DONE
     const listener = this.#listener
     listener.ctx.runtime.release()
@@ -547,15 +600,3 @@ class TcpPair {
   }
 }
 
-/** "EADDRINUSE address already in use", for bind failures reported to the control plane. */
-export function describeSocketError (err: unknown): string {
-  const e = err as NodeJS.ErrnoException
-  if (typeof e?.errno === 'number' && typeof e.code === 'string') {
-    try {
-      return `${e.code} ${getSystemErrorMessage(e.errno)}`
-    } catch {
-      return `${e.code} ${e.message}`
-    }
-  }
-  return e?.message ?? String(err)
-}

@@ -18,10 +18,12 @@
 import { createSocket, type RemoteInfo, type Socket, type SocketOptions } from 'node:dgram'
 import { isIPv6 } from 'node:net'
 import type { Logger } from 'pino'
+import type { Backend } from '../control/model.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import type { AccessLog } from './access-log.ts'
 import type { EndpointRuntime, ProtocolStats } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
+import { LogLimiter, classifySocketError } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
 import type { UpstreamState } from './upstream/upstream-state.ts'
 import { UdpFlowTable, type FlowEntry } from './udp-flow-table.ts'
@@ -40,10 +42,6 @@ const LISTENER_BUFFER_BYTES = 4 * 1024 * 1024
  * health (3 consecutive failures) marks it unhealthy.
  */
 const SUSPECT_MS = 2000
-/** Socket errors that mean "the backend is not there": passive health failures. */
-const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'EADDRNOTAVAIL', 'ENETDOWN'])
-/** Errors that mean "this process is short of descriptors or memory". */
-const LOCAL_SHORTAGE = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void
 /** dgram's `lookup` for IP literals: answers synchronously (see the header comment). */
@@ -68,6 +66,8 @@ class UdpFlow implements FlowEntry {
   /** A reply has come back (passive health success recorded once per flow). */
   answered = false
   ended = false
+  /** Ended for lack of descriptors or memory here (socket-errors.ts `local`), not the backend's fault. */
+  local = false
   readonly startedAt = Date.now()
 
   constructor (address: string, port: number, peer: Peer, socket: Socket) {
@@ -89,12 +89,16 @@ export class UdpListener implements ProxyListener {
   readonly #accessLog: AccessLog
   readonly #metrics: Metrics
   readonly #flowsTotal: Child<Metrics['connectionsTotal']>
-  readonly #backendFlows = new Map<string, { zone: string, child: Child<Metrics['backendConnectionsTotal']> }>()
+  /**
+   * Keyed by the frozen Backend record (a zone change gives a new record, hence a new child), so
+   * entries of removed backends go with their records instead of piling up.
+   */
+  readonly #backendFlows = new WeakMap<Backend, Child<Metrics['backendConnectionsTotal']>>()
   readonly #table: UdpFlowTable<UdpFlow>
   readonly #suspects = new Set<Peer>()
   #suspectsUntil = 0
-  #warnedAt = 0
-  #suppressedWarnings = 0
+  /** Descriptor shortages are logged at most once a second per listener. */
+  readonly #troubleLog = new LogLimiter(1000)
   #socket: Socket | null = null
   #state: 'new' | 'binding' | 'listening' | 'closed' = 'new'
   #closed: Promise<void> | null = null
@@ -109,12 +113,7 @@ export class UdpListener implements ProxyListener {
     this.#upstream = ctx.upstream
     this.#accessLog = ctx.accessLog
     this.#metrics = ctx.metrics
-    this.#flowsTotal = ctx.metrics.connectionsTotal.labels({
-      endpoint_id: ctx.runtime.id,
-      service_id: ctx.runtime.service.id,
-      protocol: 'UDP',
-      terminal_port: String(ctx.mapping.terminalPort)
-    })
+    this.#flowsTotal = ctx.runtime.connectionsCounter('UDP', ctx.mapping.terminalPort)
     this.#table = new UdpFlowTable<UdpFlow>({
       idleTimeoutMs: ctx.limits.udpIdleTimeoutSeconds * 1000,
       onExpire: (flow) => { this.#end(flow, 'idle') }
@@ -210,15 +209,16 @@ export class UdpListener implements ProxyListener {
     }
   }
 
-  /** A client's first datagram: admit it (SPEC §5 order: source, limit, backend) and open its flow. */
+  /** A client's first datagram: admit it (SPEC §5 order: source, limit, budget, backend) and open its flow. */
   #open (address: string, port: number): UdpFlow | undefined {
     const runtime = this.#runtime
     if (!runtime.sourceAllowed(address)) {
       runtime.refused('source')
       return undefined
     }
-    if (!runtime.tryAcquire(this.#limit)) {
-      runtime.refused('limit')
+    const refusal = runtime.admit(this.#limit)
+    if (refusal !== null) {
+      runtime.refused(refusal)
       return undefined
     }
     const peer = this.#pick()
@@ -249,7 +249,7 @@ export class UdpListener implements ProxyListener {
     if (flow.ended) {
       // No descriptor for the flow's socket (EMFILE at its implicit bind, reported synchronously):
       // refused, not a flow; the client's next datagram tries again.
-      runtime.refused('connect_failed')
+      runtime.refused(flow.local ? 'overload' : 'connect_failed')
       return undefined
     }
     this.#flowsTotal.inc()
@@ -272,14 +272,13 @@ export class UdpListener implements ProxyListener {
   }
 
   #backendCounter (peer: Peer): Child<Metrics['backendConnectionsTotal']> {
-    const { id, zone } = peer.backend
-    let entry = this.#backendFlows.get(id)
-    if (entry === undefined || entry.zone !== zone) {
-      const child = this.#metrics.backendConnectionsTotal.labels({ service_id: this.#runtime.service.id, backend_id: id, zone })
-      entry = { zone, child }
-      this.#backendFlows.set(id, entry)
+    const backend = peer.backend
+    let child = this.#backendFlows.get(backend)
+    if (child === undefined) {
+      child = this.#metrics.backendConnectionsTotal.labels({ service_id: this.#runtime.service.id, backend_id: backend.id, zone: backend.zone })
+      this.#backendFlows.set(backend, child)
     }
-    return entry.child
+    return child
   }
 
   // ---- backend side ----
@@ -301,32 +300,25 @@ export class UdpListener implements ProxyListener {
   #onBackendError (flow: UdpFlow, err: NodeJS.ErrnoException): void {
     if (flow.ended) return
     const code = err.code ?? ''
-    if (UNREACHABLE.has(code)) {
+    const kind = classifySocketError(err)
+    if (kind === 'backend') {
       // ICMP port/host unreachable (SPEC §5 passive health): a failed "connect" of this backend.
       this.#upstream.connectFailed(flow.peer.health, code === 'ECONNREFUSED' ? 'ICMP unreachable' : code)
       this.#suspects.add(flow.peer)
       this.#suspectsUntil = Date.now() + SUSPECT_MS
       this.#logger.debug({ endpointId: this.#runtime.id, backendId: flow.peer.backend.id, code }, 'UDP flow: backend unreachable')
       this.#end(flow, 'connect_failed')
-    } else if (LOCAL_SHORTAGE.has(code)) {
-      // Our shortage, not the backend's fault: no passive failure; logged at most once a second.
-      this.#warnLimited(err)
-      this.#end(flow, 'connect_failed')
+    } else if (kind === 'local') {
+      // Our shortage, not the backend's fault (SPEC §10): no passive failure; logged at most once a second.
+      flow.local = true
+      this.#troubleLog.run((suppressed) => {
+        this.#logger.warn({ err, endpointId: this.#runtime.id, suppressed }, 'UDP flow: no socket for a new flow')
+      })
+      this.#end(flow, 'overload')
     } else {
       this.#logger.warn({ err, endpointId: this.#runtime.id, backendId: flow.peer.backend.id }, 'UDP flow: backend socket error')
       this.#end(flow, 'backend')
     }
-  }
-
-  #warnLimited (err: Error): void {
-    const now = Date.now()
-    if (now - this.#warnedAt < 1000) {
-      this.#suppressedWarnings++
-      return
-    }
-    this.#logger.warn({ err, endpointId: this.#runtime.id, suppressed: this.#suppressedWarnings }, 'UDP flow: no socket for a new flow')
-    this.#warnedAt = now
-    this.#suppressedWarnings = 0
   }
 
   readonly #onListenerError = (err: Error): void => {

@@ -12,6 +12,7 @@ import { randomFillSync } from 'node:crypto'
 import type { Logger } from 'pino'
 import ipaddr from 'ipaddr.js'
 import { parseHostPort } from '../control/validation.ts'
+import { FrameParts } from './frame-parts.ts'
 
 const RCODE_SERVFAIL = 2
 const RCODE_REFUSED = 5
@@ -90,16 +91,23 @@ export class Forwarder {
     return this.#upstreams.length
   }
 
+  /** Queries in flight: over UDP, and the TCP fallbacks of truncated answers. */
+  get #inflight (): number {
+    return this.#pending.size + this.#tcpSockets.size
+  }
+
   /** The upstream's answer with the client's id, or undefined when none answered in time. */
   async forward (query: Buffer, questionEnd: number, viaTcp: boolean): Promise<Buffer | undefined> {
-    if (this.#closed || this.#pending.size >= this.#maxPending) return undefined
+    if (this.#closed || this.#inflight >= this.#maxPending) return undefined
     const clientId = query.readUInt16BE(0)
     const own = Buffer.from(query)
     let fallback: Buffer | undefined
     for (const upstream of this.#upstreams) {
       if (this.#closed) return undefined
       let response = await this.#viaUdp(own, questionEnd, upstream)
-      if (response !== undefined && viaTcp && ((response[2] as number) & 0x02) !== 0) {
+      // The TCP fallback counts against the same cap (it holds a socket); at the cap the
+      // truncated answer goes back as it is, and the client retries as it sees fit.
+      if (response !== undefined && viaTcp && ((response[2] as number) & 0x02) !== 0 && this.#inflight < this.#maxPending) {
         response = (await this.#viaTcp(own, questionEnd, upstream)) ?? response
       }
       if (response === undefined) continue
@@ -196,7 +204,7 @@ export class Forwarder {
     return new Promise((resolve) => {
       const socket = net.connect({ host: upstream.host, port: upstream.port })
       this.#tcpSockets.add(socket)
-      let received = Buffer.alloc(0)
+      const received = new FrameParts()
       let done = false
       const finish = (response: Buffer | undefined): void => {
         if (done) return
@@ -217,11 +225,10 @@ export class Forwarder {
         socket.write(frame)
       })
       socket.on('data', (chunk: Buffer) => {
-        received = Buffer.concat([received, chunk])
-        if (received.length < 2) return
-        const size = received.readUInt16BE(0)
-        if (received.length < size + 2) return
-        const response = Buffer.from(received.subarray(2, size + 2))
+        const all = received.add(chunk)
+        if (all === undefined) return
+        const size = all.readUInt16BE(0)
+        const response = Buffer.from(all.subarray(2, size + 2))
         finish(answers(query, questionEnd, response) ? response : undefined)
       })
     })

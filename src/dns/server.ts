@@ -18,6 +18,7 @@ import { parseHostPort } from '../control/validation.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import { answerQuery, createAnswer, errorResponse, qtypeName, rcodeName, RCODE, type Answer } from './answers.ts'
 import { Forwarder } from './forwarder.ts'
+import { FrameParts } from './frame-parts.ts'
 import { buildZone, endpointRecords, nextSerial, recordsSignature, type DnsZone } from './records.ts'
 
 export interface DnsServerOptions {
@@ -403,7 +404,8 @@ class TcpSession {
   readonly #server: DnsServer
   readonly #onGone: () => void
   readonly #answer: Answer = createAnswer()
-  #buffered: Buffer | undefined
+  /** Bytes of an incomplete message, as received: joined once the whole message is there. */
+  readonly #partial = new FrameParts()
   #inflight = 0
   #peerEnded = false
   #gone = false
@@ -432,13 +434,13 @@ class TcpSession {
   readonly #onClose = (): void => {
     if (this.#gone) return
     this.#gone = true
-    this.#buffered = undefined
+    this.#partial.clear()
     this.#onGone()
   }
 
   readonly #onEnd = (): void => {
     this.#peerEnded = true
-    this.#buffered = undefined
+    this.#partial.clear()
     if (this.#inflight === 0) this.#socket.end()
   }
 
@@ -450,7 +452,9 @@ class TcpSession {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    const buf = this.#buffered === undefined ? chunk : Buffer.concat([this.#buffered, chunk])
+    // A message trickled in small chunks is copied once, when complete, not on every chunk.
+    const buf = this.#partial.add(chunk)
+    if (buf === undefined) return
     let p = 0
     while (buf.length - p >= 2) {
       const size = buf.readUInt16BE(p)
@@ -458,7 +462,7 @@ class TcpSession {
       this.#handle(buf.subarray(p + 2, p + 2 + size))
       p += 2 + size
     }
-    this.#buffered = p < buf.length ? buf.subarray(p) : undefined
+    if (p < buf.length) this.#partial.keep(buf.subarray(p))
     this.#flow()
   }
 

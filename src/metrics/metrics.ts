@@ -19,11 +19,17 @@ export interface Metrics {
   /** Open control-API connections and those it closed to stay within limits.apiMaxConnections (SPEC §10). */
   readonly apiConnections: Gauge
   readonly apiConnectionsClosedTotal: Counter<'reason'>
+  /** SPEC §10: 1 while every backend with weight > 0 of the service is unhealthy (fail open). */
+  readonly serviceFailOpen: Gauge<'service_id'>
+  /** SPEC §10: endpoints per status, set at scrape time. */
+  readonly endpoints: Gauge<'status'>
+  /** SPEC §10: access-log lines dropped (write error, or more than 16 MiB waiting). */
+  readonly accessLogDroppedTotal: Counter
   /** Register a function run at the start of every scrape, to publish plain-number counters. */
   beforeScrape (hook: () => void): () => void
 }
 
-export type RefusalReason = 'limit' | 'source' | 'no_backend' | 'connect_failed'
+export type RefusalReason = 'limit' | 'source' | 'no_backend' | 'connect_failed' | 'overload'
 
 export function createMetrics (registry: Registry, options: { defaultMetrics?: boolean } = {}): Metrics {
   const hooks = new Set<() => void>()
@@ -59,7 +65,7 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
     }),
     connectionsRefusedTotal: new Counter({
       name: 'linkgate_connections_refused_total',
-      help: 'Connections and flows refused, by reason: limit, source, no_backend, connect_failed.',
+      help: 'Connections and flows refused, by reason: limit, source, no_backend, connect_failed, overload.',
       labelNames: ['endpoint_id', 'reason'] as const,
       registers: [registry]
     }),
@@ -109,6 +115,23 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
       name: 'linkgate_api_connections_closed_total',
       help: 'Control API connections closed by linkgate at the connection limit: reason "idle" (an idle one made room for a new one), "slow_body" (one still receiving its body did) or "limit" (every one had a whole request in hand; the new one was closed).',
       labelNames: ['reason'] as const,
+      registers: [registry]
+    }),
+    serviceFailOpen: new Gauge({
+      name: 'linkgate_service_fail_open',
+      help: 'Services whose every backend with weight > 0 is unhealthy: 1 while new connections are spread over all of them (fail open).',
+      labelNames: ['service_id'] as const,
+      registers: [registry]
+    }),
+    endpoints: new Gauge({
+      name: 'linkgate_endpoints',
+      help: 'Endpoints by status.',
+      labelNames: ['status'] as const,
+      registers: [registry]
+    }),
+    accessLogDroppedTotal: new Counter({
+      name: 'linkgate_access_log_dropped_total',
+      help: 'Access-log lines dropped because the log could not be written or too much was waiting.',
       registers: [registry]
     }),
     beforeScrape (hook) {

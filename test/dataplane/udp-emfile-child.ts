@@ -19,7 +19,7 @@ const answeredAtPeak = answered.size
 const flowsAtPeak = h.listener.flows
 const activeAtPeak = h.runtime.active
 const flowsTotal = await metricValue(h.metrics.connectionsTotal, { endpoint_id: ENDPOINT_ID, protocol: 'UDP' })
-const refused = await metricValue(h.metrics.connectionsRefusedTotal, { endpoint_id: ENDPOINT_ID, reason: 'connect_failed' })
+const refused = await metricValue(h.metrics.connectionsRefusedTotal, { endpoint_id: ENDPOINT_ID, reason: 'overload' })
 // Free descriptors by closing answered clients' sockets; a client whose flow failed tries again.
 const unanswered = clients.filter((c) => !answered.has(c))
 for (const c of answered) c.close()

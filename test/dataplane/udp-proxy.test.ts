@@ -354,7 +354,7 @@ t.test('out of file descriptors, a new flow is dropped, its slot released, and t
   t.equal(r.answered, r.flowsAtPeak, 'every flow that exists was answered')
   t.equal(r.activeAtPeak, r.flowsAtPeak, 'the failed flows hold no connection slot')
   t.equal(r.flowsTotal, r.flowsAtPeak, 'only flows that got a socket count in connections_total')
-  t.equal(r.refused, r.clients - r.flowsAtPeak, 'the others count in connections_refused_total{reason="connect_failed"}')
+  t.equal(r.refused, r.clients - r.flowsAtPeak, 'the others count in connections_refused_total{reason="overload"} (SPEC §10: local trouble)')
   t.equal(r.retry, 'again', 'once descriptors are free, a client whose flow failed gets through')
 })
 

@@ -14,7 +14,7 @@ import type { Config } from '../../src/control/schemas.ts'
 import { Store } from '../../src/control/store.ts'
 import type { AccessLog, AccessLogEntry } from '../../src/dataplane/access-log.ts'
 import { disabledAccessLog } from '../../src/dataplane/access-log.ts'
-import { DataPlane } from '../../src/dataplane/data-plane.ts'
+import { DataPlane, type DataPlaneOptions } from '../../src/dataplane/data-plane.ts'
 import type { ListenerFactory } from '../../src/dataplane/listener.ts'
 import { UpstreamState } from '../../src/dataplane/upstream/upstream-state.ts'
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.ts'
@@ -147,6 +147,7 @@ export class RecordingAccessLog implements AccessLog {
   readonly entries: AccessLogEntry[] = []
   write (entry: AccessLogEntry): void { this.entries.push(entry) }
   flush (): void {}
+  close (): Promise<void> { return Promise.resolve() }
 }
 
 export interface DataPlaneFixture {
@@ -165,6 +166,8 @@ export interface DataPlaneFixtureOptions {
   udpFactory?: ListenerFactory
   /** Default true: start() is awaited. */
   start?: boolean
+  /** More DataPlane options (budget, bind retry delays, callbacks...). */
+  options?: Partial<DataPlaneOptions>
 }
 
 export async function startDataPlane (t: Teardown, opts: DataPlaneFixtureOptions): Promise<DataPlaneFixture> {
@@ -180,7 +183,8 @@ export async function startDataPlane (t: Teardown, opts: DataPlaneFixtureOptions
     upstream,
     accessLog: opts.accessLog ?? disabledAccessLog,
     udpFactory: opts.udpFactory,
-    onEndpointFailed: (endpointId, reason) => { failures.push({ endpointId, reason }) }
+    onEndpointFailed: (endpointId, reason) => { failures.push({ endpointId, reason }) },
+    ...opts.options
   })
   t.teardown(() => dataPlane.destroy())
   if (opts.start !== false) await dataPlane.start()

@@ -26,8 +26,12 @@ export async function writeConfig (dir: string, config: Record<string, unknown>)
   return file
 }
 
-export async function startGateway (t: Teardown, configFile: string, options: { timeoutMs?: number, env?: NodeJS.ProcessEnv } = {}): Promise<Gateway> {
-  const proc = spawn(process.execPath, [MAIN, 'start', '--config', configFile], {
+export async function startGateway (t: Teardown, configFile: string,
+  options: { timeoutMs?: number, env?: NodeJS.ProcessEnv, wrapper?: readonly string[] } = {}): Promise<Gateway> {
+  // `wrapper`: a command that execs the gateway, e.g. ['prlimit', '--nofile=1200:1200', '--'].
+  const argv = [process.execPath, MAIN, 'start', '--config', configFile]
+  const [command, ...args] = [...(options.wrapper ?? []), ...argv] as [string, ...string[]]
+  const proc = spawn(command, args, {
     cwd: ROOT,
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe']

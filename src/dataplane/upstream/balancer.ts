@@ -5,6 +5,10 @@
 // Candidates (SPEC §5): backends that are not unhealthy and have weight > 0. With
 // sameZonePreferred and at least one candidate in the caller's zone, only that zone's are used.
 // Each zone scope keeps its own currentWeights, so an endpoint's sequence stays smooth.
+//
+// Fail open (SPEC §10, AWS NLB's behaviour): when every backend with weight > 0 is unhealthy,
+// in every zone, health is ignored and the pick goes on as if all were healthy (zone preference
+// included): a health checker that is wrong about everyone must not take the service down.
 import type { Backend, EndpointService } from '../../control/model.ts'
 import type { HealthRecord, UpstreamState } from './upstream-state.ts'
 
@@ -49,16 +53,28 @@ export class ServiceBalancer {
     this.#sameZonePreferred = service.sameZonePreferred
   }
 
+  /** Every backend with weight > 0 is unhealthy (and there is at least one): picks ignore health. */
+  get failOpen (): boolean {
+    let weighted = false
+    for (const p of this.#peers) {
+      if (p.backend.weight <= 0) continue
+      if (p.health.health !== 'unhealthy') return false
+      weighted = true
+    }
+    return weighted
+  }
+
   /**
    * Choose a backend for a new connection from an endpoint in `zone`.
    * `exclude` holds peers already tried for this connection (failover attempts).
    */
   pick (zone: string, exclude?: ReadonlySet<Peer>): Peer | undefined {
     const peers = this.#peers
+    const anyHealth = this.failOpen
     let zoneOnly = false
     if (this.#sameZonePreferred) {
       for (const p of peers) {
-        if (p.backend.zone === zone && eligible(p, exclude)) { zoneOnly = true; break }
+        if (p.backend.zone === zone && eligible(p, exclude, anyHealth)) { zoneOnly = true; break }
       }
     }
     const scope = this.#scope(zoneOnly ? zone : '')
@@ -67,7 +83,7 @@ export class ServiceBalancer {
     let best = -1
     for (let i = 0; i < peers.length; i++) {
       const p = peers[i] as Peer
-      if (!eligible(p, exclude) || (zoneOnly && p.backend.zone !== zone)) continue
+      if (!eligible(p, exclude, anyHealth) || (zoneOnly && p.backend.zone !== zone)) continue
       const w = p.backend.weight
       current[i] = (current[i] ?? 0) + w
       total += w
@@ -88,6 +104,6 @@ export class ServiceBalancer {
   }
 }
 
-function eligible (p: Peer, exclude: ReadonlySet<Peer> | undefined): boolean {
-  return p.backend.weight > 0 && p.health.health !== 'unhealthy' && (exclude === undefined || !exclude.has(p))
+function eligible (p: Peer, exclude: ReadonlySet<Peer> | undefined, anyHealth: boolean): boolean {
+  return p.backend.weight > 0 && (anyHealth || p.health.health !== 'unhealthy') && (exclude === undefined || !exclude.has(p))
 }

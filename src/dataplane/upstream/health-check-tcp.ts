@@ -3,6 +3,7 @@
 // HAProxy's plain `check` does). The connect-and-deadline machinery here is shared with the HTTP
 // probe (health-check-http.ts), which speaks one request over the connected socket.
 import { connect, type Socket } from 'node:net'
+import { isLocalTrouble, socketErrorReason } from '../socket-errors.ts'
 
 export interface ProbeTarget {
   /** IPv4 or IPv6 literal (SPEC §3: backend addresses are literals, so no DNS lookup happens). */
@@ -12,8 +13,12 @@ export interface ProbeTarget {
   readonly timeoutMs: number
 }
 
-/** `reason` is short and stable, for logs and transition reasons: refused, timeout, HTTP 503... */
-export type ProbeResult = { readonly ok: true } | { readonly ok: false, readonly reason: string }
+/**
+ * `reason` is short and stable, for logs and transition reasons: refused, timeout, HTTP 503...
+ * `local`: the probe could not run for lack of descriptors, memory or local ports here
+ * (socket-errors.ts); it says nothing about the backend and must not count for or against it.
+ */
+export type ProbeResult = { readonly ok: true } | { readonly ok: false, readonly reason: string, readonly local?: true }
 
 export const PROBE_OK: ProbeResult = Object.freeze({ ok: true })
 export const PROBE_TIMEOUT: ProbeResult = Object.freeze({ ok: false, reason: 'timeout' })
@@ -21,18 +26,6 @@ export const PROBE_ABORTED: ProbeResult = Object.freeze({ ok: false, reason: 'ab
 
 /** What to do once connected: settle the probe by calling `done` exactly once (later calls are ignored). */
 export type ProbeSession = (socket: Socket, done: (result: ProbeResult) => void) => void
-
-/** Short reason for a socket error: the words an operator expects in a log line. */
-export function socketErrorReason (err: NodeJS.ErrnoException): string {
-  switch (err.code) {
-    case 'ECONNREFUSED': return 'refused'
-    case 'ECONNRESET': return 'reset'
-    case 'ETIMEDOUT': return 'timeout'
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH': return 'unreachable'
-    default: return err.code ?? err.message
-  }
-}
 
 /**
  * Connect to `target` and run `session` on the connected socket (none: connected = passed).
@@ -56,7 +49,9 @@ export function runProbe (target: ProbeTarget, signal?: AbortSignal, session?: P
       resolve(result)
     }
     signal?.addEventListener('abort', onAbort, { once: true })
-    socket.on('error', (err: NodeJS.ErrnoException) => { done({ ok: false, reason: socketErrorReason(err) }) })
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      done(isLocalTrouble(err) ? { ok: false, reason: socketErrorReason(err), local: true } : { ok: false, reason: socketErrorReason(err) })
+    })
     socket.on('close', () => { done({ ok: false, reason: 'closed by backend' }) })
     socket.once('connect', () => {
       if (session === undefined) done(PROBE_OK)

@@ -27,6 +27,7 @@ import type { Logger } from 'pino'
 import { healthCheckPort, type Backend, type ChangeEvent, type EndpointService, type HealthCheck, type State } from '../../control/model.ts'
 import type { Store } from '../../control/store.ts'
 import type { Metrics } from '../../metrics/metrics.ts'
+import { LogLimiter } from '../socket-errors.ts'
 import { probeHttp, type HttpProbeTarget } from './health-check-http.ts'
 import { probeTcp, type ProbeResult } from './health-check-tcp.ts'
 import type { HealthTransition, UpstreamState } from './upstream-state.ts'
@@ -154,6 +155,7 @@ export class HealthChecker {
   readonly #logger: Logger
   readonly #passiveEjectionMs: number
   readonly #services = new Map<string, ServiceEntry>()
+  readonly #localTroubleLog = new LogLimiter(60_000)
   #started = false
   #closed = false
   #closing: Promise<void> | undefined
@@ -327,6 +329,15 @@ export class HealthChecker {
     // still gets this backend's verdicts.
     const rec = this.#upstream.record(be.serviceId, be.backendId)
     const s = prober.settings
+    if (!result.ok && result.local === true) {
+      // The probe could not even start here (EMFILE...): no verdict either way (SPEC §10 "Local
+      // trouble is not the backend's fault"); the counters keep their streaks.
+      this.#localTroubleLog.run((suppressed) => {
+        this.#logger.warn({ serviceId: be.serviceId, backendId: be.backendId, reason: result.reason, suppressed },
+          'health check could not run for lack of local resources: no verdict')
+      })
+      return
+    }
     if (result.ok) {
       prober.failures = 0
       prober.successes++
