@@ -24,6 +24,9 @@ export interface AddressActuatorOptions {
   announce?: boolean
   /** Trouble that changes nothing for the caller (a failed command, an arping that failed). */
   onWarning?: (err: Error) => void
+  /** Run the commands in this network namespace (`ip -n NS`, `ip netns exec NS arping`); for
+   *  tools and tests that drive a node's interface from outside. Default: the current one. */
+  netns?: string
   ipCommand?: string
   arpingCommand?: string
 }
@@ -55,6 +58,7 @@ export class AddressActuator {
   readonly #warn: (err: Error) => void
   readonly #ip: string
   readonly #arping: string
+  readonly #nsArgs: string[]
   #current = new Set<string>()
   #queue: Promise<void> = Promise.resolve()
   readonly #arpings = new Set<ChildProcess>()
@@ -74,6 +78,8 @@ export class AddressActuator {
     this.#warn = options.onWarning ?? (() => {})
     this.#ip = options.ipCommand ?? 'ip'
     this.#arping = options.arpingCommand ?? 'arping'
+    if (options.netns !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.netns)) throw new RangeError(`netns: ${JSON.stringify(options.netns)} is not a namespace name`)
+    this.#nsArgs = options.netns === undefined ? [] : ['-n', options.netns]
   }
 
   /** The addresses this actuator has put on the interface. */
@@ -126,7 +132,7 @@ export class AddressActuator {
 
   /** Local addresses on the interface (as plain addresses), for start-up clean-up and tests. */
   async listInterface (): Promise<string[]> {
-    const res = await run(this.#ip, ['-j', 'addr', 'show', 'dev', this.#iface])
+    const res = await run(this.#ip, [...this.#nsArgs, '-j', 'addr', 'show', 'dev', this.#iface])
     if (res.code !== 0) throw new Error(`ip addr show dev ${this.#iface}: ${res.stderr.trim() || `exit ${res.code}`}`)
     const links = JSON.parse(res.stdout) as Array<{ addr_info?: Array<{ local?: string, prefixlen?: number }> }>
     const out: string[] = []
@@ -152,7 +158,7 @@ export class AddressActuator {
   #delLine (ip: string): string { return `addr del ${ip}/${hostPrefix(ip)} dev ${this.#iface}` }
 
   async #batch (lines: string[], deleting: boolean): Promise<void> {
-    const res = await run(this.#ip, ['-force', '-batch', '-'], lines.join('\n') + '\n')
+    const res = await run(this.#ip, [...this.#nsArgs, '-force', '-batch', '-'], lines.join('\n') + '\n')
     if (res.code === 0) return
     // Deleting an address that already expired is success.
     const errors = res.stderr.split('\n').filter((l) => l.trim() !== '' && !(deleting && /Cannot assign requested address/.test(l)))
@@ -160,7 +166,10 @@ export class AddressActuator {
   }
 
   #gratuitousArp (ip: string): void {
-    const child = spawn(this.#arping, ['-U', '-c', '2', '-I', this.#iface, ip], { stdio: ['ignore', 'ignore', 'pipe'] })
+    const args = ['-U', '-c', '2', '-I', this.#iface, ip]
+    const child = this.#nsArgs.length === 0
+      ? spawn(this.#arping, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(this.#ip, ['netns', 'exec', this.#nsArgs[1] as string, this.#arping, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
     this.#arpings.add(child)
     let stderr = ''
     child.stderr?.on('data', (chunk: Buffer) => { if (stderr.length < 4096) stderr += chunk.toString() })

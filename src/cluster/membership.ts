@@ -149,9 +149,12 @@ export class Membership extends EventEmitter {
       if (this.#fired.length > 64) this.#fired.shift()
     })
     lease.on('keepaliveSucceeded', () => {
-      if (lease !== this.#lease || this.#state !== 'live') return
+      if (lease !== this.#lease) return
+      // Shift even while registering: the first keepalive is often answered before the
+      // registration txn, and a skipped answer would shift every later one by an interval.
       const sent = this.#fired.shift()
       if (sent !== undefined && sent > this.#lastOkSentAt) this.#lastOkSentAt = sent
+      if (this.#state !== 'live') return
       this.#armFence()
       this.emit('renewed')
     })
