@@ -41,7 +41,8 @@ export interface Lab {
   endpointIp: (i: number) => string
   /** Starts the etcd members (single cluster) and waits until it has a leader. */
   startEtcd: () => Promise<void>
-  /** Starts `command args` inside a namespace; the child is killed by down(). */
+  /** Starts `command args` inside a namespace (`ip netns exec` execs it: the child's pid is the
+   *  command's). Output goes to `logFile`, else to pipes (stdin too). down() kills it. */
   spawnIn: (ns: string, command: string, args: readonly string[], options?: { env?: NodeJS.ProcessEnv, logFile?: string }) => ChildProcess
   /** Runs a command inside a namespace and returns its stdout (throws with stderr on failure). */
   execIn: (ns: string, command: string, args: readonly string[]) => string
@@ -132,7 +133,7 @@ export function buildLab (options: LabOptions): Lab {
     let fd: number | 'ignore' = 'ignore'
     if (opts.logFile !== undefined) fd = openSync(opts.logFile, 'a')
     const child = spawn('ip', ['netns', 'exec', ns, command, ...args], {
-      stdio: ['ignore', fd === 'ignore' ? 'pipe' : fd, fd === 'ignore' ? 'pipe' : fd],
+      stdio: fd === 'ignore' ? ['pipe', 'pipe', 'pipe'] : ['ignore', fd, fd],
       env: { ...process.env, ...opts.env }
     })
     if (typeof fd === 'number') closeSync(fd)
