@@ -160,8 +160,11 @@ export class AddressActuator {
   async #batch (lines: string[], deleting: boolean): Promise<void> {
     const res = await run(this.#ip, [...this.#nsArgs, '-force', '-batch', '-'], lines.join('\n') + '\n')
     if (res.code === 0) return
-    // Deleting an address that already expired is success.
-    const errors = res.stderr.split('\n').filter((l) => l.trim() !== '' && !(deleting && /Cannot assign requested address/.test(l)))
+    // Deleting an address that already expired is success: older kernels say "Cannot assign
+    // requested address", newer ones (extack) "ipv4: Address not found". `ip -batch` adds a
+    // "Command failed -:N" line after each error.
+    const errors = res.stderr.split('\n').filter((l) => l.trim() !== '' && !/^Command failed -:\d+$/.test(l.trim()) &&
+      !(deleting && /Cannot assign requested address|Address not found/.test(l)))
     if (errors.length > 0) this.#warn(new Error(`ip -batch on ${this.#iface}: ${errors.slice(0, 5).join('; ')}`))
   }
 
