@@ -78,7 +78,12 @@ export class Membership extends EventEmitter {
     this.#staleWaitMs = options.staleWaitMs ?? 2 * this.#ttlMs + 2000
     this.#nodeKey = `${options.prefix}nodes/${options.nodeId}`
     this.#mirror = new PrefixMirror(options.client, `${options.prefix}nodes/`)
-    this.#mirror.on('change', () => this.#updateNodes())
+    this.#mirror.on('change', (name: string, entry: unknown) => {
+      // Our registration deleted under us (an operator's `etcdctl del`): the lease may live on,
+      // but the others no longer count us. Fence, which revokes the lease, and register again.
+      if (name === this.#nodeId && entry === undefined && this.#state === 'live') this.#fence('registration key deleted')
+      this.#updateNodes()
+    })
     this.#mirror.on('warning', (err: unknown) => this.emit('warning', err))
   }
 

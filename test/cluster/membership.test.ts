@@ -76,6 +76,19 @@ t.test('membership', async (t) => {
     t.equal(a.state, 'stopped')
   })
 
+  t.test('a registration deleted from etcd makes the node fence and register again under a new lease', async (t) => {
+    const prefix = `/m${++prefixes}/`
+    const a = member(t, 'n1', { prefix })
+    await a.start()
+    const firstLease = a.leaseId
+    const states: string[] = []
+    a.on('state', (s: string) => states.push(s))
+    await clients[0]!.delete().key(`${prefix}nodes/n1`)
+    await until('live again', () => a.state === 'live' && a.leaseId !== firstLease, 5000)
+    t.same(states.slice(0, 3), ['fenced', 'registering', 'live'])
+    t.not(await clients[0]!.get(`${prefix}nodes/n1`).string(), null, 'registered again')
+  })
+
   t.test('bad settings are refused with the field named', async (t) => {
     const client = createEtcdClient({ endpoints: [etcd.url] })
     t.teardown(() => client.close())
