@@ -4,7 +4,8 @@
 // A new address is announced with gratuitous ARP (`arping -U -c 2 -I IFACE IP`, iputils; since
 // Linux 4.12 it updates neighbours' existing entries). IPv6 addresses are added with `nodad`;
 // unsolicited NA is not sent yet (no iputils tool does it) -- neighbours re-resolve when their
-// entry goes stale.
+// entry goes stale. (Linux sends one itself after DAD when ndisc_notify=1, but only with DAD on,
+// which keeps the address tentative for 1-2 s: see README "Cluster".)
 //
 // Every change runs as one `ip -force -batch -` process, and changes run one at a time in the
 // order asked, so a removal is never overtaken by an earlier refresh.
