@@ -7,6 +7,9 @@
 #   prlimit (util-linux)   e2e overload test runs the gateway under a small open-file limit
 #   haproxy, nginx + stream module, dnsmasq (dnsmasq-base)
 #                          test/bench/harness.test.ts checks the bench's configs with the real tools
+#   etcd, etcdctl (etcd-server, etcd-client), arping (iputils-arping)
+#                          cluster tests and `npm run lab` (SPEC §12): etcd members in namespaces,
+#                          gratuitous ARP for owned endpoint IPs
 # With --bench it also installs the load generators of bench/ (iperf3, wrk, dnsperf).
 #
 # Behaviour (called by `npm test`'s pretest and by bench/run.ts):
@@ -43,13 +46,17 @@ checks=(
   "nginx stream module|libnginx-mod-stream|/usr/lib/nginx/modules/ngx_stream_module.so"
   "dnsmasq|dnsmasq-base|dnsmasq"
   "prlimit|util-linux|prlimit"
+  "etcd|etcd-server|etcd"
+  "etcdctl|etcd-client|etcdctl"
+  "arping (iputils)|iputils-arping|/usr/bin/arping"
 )
 if [[ $want_bench == 1 ]]; then
   checks+=("iperf3|iperf3|iperf3" "wrk|wrk|wrk" "dnsperf|dnsperf|dnsperf")
 fi
 
 # Daemons that their packages may start; stopped/disabled only if this run installed them.
-declare -A services=([prometheus]=prometheus [nginx]=nginx [haproxy]=haproxy [iperf3]=iperf3)
+# etcd-server's etcd would listen on 127.0.0.1:2379; the cluster tests start their own members.
+declare -A services=([prometheus]=prometheus [nginx]=nginx [haproxy]=haproxy [iperf3]=iperf3 [etcd-server]=etcd)
 
 have () {
   local probe=$1
@@ -115,6 +122,16 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
   for pkg in "${missing_pkgs[@]}"; do
     unit=${services[$pkg]-}
     if [[ -n $unit ]]; then systemctl disable --now "$unit" >/dev/null 2>&1 || true; fi
+  done
+else
+  # Without systemd, a machine's own policy-rc.d (kept as it is) may have let a SysV script
+  # start the daemon: stop it through its own script and keep it from starting at boot.
+  for pkg in "${missing_pkgs[@]}"; do
+    unit=${services[$pkg]-}
+    if [[ -n $unit && -x /etc/init.d/$unit ]]; then
+      "/etc/init.d/$unit" stop >/dev/null 2>&1 || true
+      if command -v update-rc.d >/dev/null 2>&1; then update-rc.d "$unit" disable >/dev/null 2>&1 || true; fi
+    fi
   done
 fi
 
