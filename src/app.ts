@@ -7,7 +7,8 @@ import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
-import { Store } from './control/store.ts'
+import type { Store } from './control/store.ts'
+import { SqliteStore } from './control/store-sqlite.ts'
 import { parseHostPort } from './control/validation.ts'
 import { createAccessLog } from './dataplane/access-log.ts'
 import { DataPlane } from './dataplane/data-plane.ts'
@@ -77,9 +78,11 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get demo () { return demo },
 
     async start () {
-      store = await Store.open(config.stateDir)
-      control = new ControlPlane(config, store)
-      control.setHealthSource(upstream)
+      store = await SqliteStore.open(config.stateDir, {
+        onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') }
+      })
+      // Backend health is the UpstreamState's, which exists before any of the rooms.
+      control = new ControlPlane(config, store, upstream)
       const file = options.configFile ?? '<config>'
       try {
         await control.applyDeclared(config.services, config.endpoints)
@@ -131,6 +134,8 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           health?.close(),
           demo?.close()
         ])
+        // Last: the rooms above may still record a change (a bind failure) while they close.
+        await store?.close()
         accessLog.flush()
       })()
       return closing
