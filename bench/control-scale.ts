@@ -2,6 +2,7 @@
 // when the store holds many resources. Runnable alone:
 //
 //   node bench/control-scale.ts [--sizes 100,1000,10000] [--creates 40] [--main PATH/dist/main.js] [--json FILE]
+//                               [--label TEXT] [--node-args "--trace-gc"] [--gateway-log FILE]
 //
 // For each size N the store is seeded directly with N services + N accepted endpoints (a
 // `state.json` of format 1 in a fresh stateDir: every version of linkgate reads it, the
@@ -15,6 +16,7 @@
 // Addresses: 127.73.0.0/16 only (issue 14's range). Health checks are off in the seeded and
 // created services: 10,000 services probing one echo server would measure the prober instead.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { loadavg, tmpdir } from 'node:os'
@@ -29,7 +31,10 @@ const { values: opts } = parseArgs({
     creates: { type: 'string', default: '40' },
     main: { type: 'string', default: join(repoRoot, 'dist', 'main.js') },
     json: { type: 'string' },
-    label: { type: 'string', default: '' }
+    label: { type: 'string', default: '' },
+    /** Extra Node flags for the gateway (e.g. --trace-gc), and a file for its output. */
+    'node-args': { type: 'string', default: '' },
+    'gateway-log': { type: 'string' }
   },
   strict: true
 })
@@ -100,7 +105,13 @@ interface Gateway { proc: ChildProcess, apiUrl: string, startMs: number, exited:
 
 async function startGateway (configFile: string): Promise<Gateway> {
   const started = performance.now()
-  const proc = spawn(process.execPath, ['--max-semi-space-size=8', opts.main, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const extra = opts['node-args'].split(' ').filter((a) => a !== '')
+  const proc = spawn(process.execPath, ['--max-semi-space-size=8', ...extra, opts.main, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  if (opts['gateway-log'] !== undefined) {
+    const sink = createWriteStream(opts['gateway-log'], { flags: 'a' })
+    proc.stdout?.pipe(sink, { end: false })
+    proc.stderr?.pipe(sink, { end: false })
+  }
   const exited = new Promise((resolve) => proc.on('exit', resolve))
   let out = ''
   const apiUrl = await new Promise<string>((resolve, reject) => {

@@ -127,6 +127,7 @@ export class SqliteStore implements Store {
       this.#closed = true
       if (this.#broken !== undefined) return
       const exited = new Promise<void>((resolve) => this.#worker.once('exit', () => resolve()))
+      this.#worker.ref() // until it has closed the database and exited
       this.#worker.postMessage('close')
       await exited
     })()
