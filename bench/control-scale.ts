@@ -128,10 +128,13 @@ async function startGateway (configFile: string): Promise<Gateway> {
 }
 
 async function stopGateway (gw: Gateway): Promise<void> {
+  const t0 = performance.now()
   gw.proc.kill('SIGTERM')
-  const timer = setTimeout(() => gw.proc.kill('SIGKILL'), 15_000)
+  let killed = false
+  const timer = setTimeout(() => { killed = true; gw.proc.kill('SIGKILL') }, 15_000)
   await gw.exited
   clearTimeout(timer)
+  log(`stopped in ${(performance.now() - t0).toFixed(0)} ms${killed ? ' (SIGKILL after 15 s)' : ''}`)
 }
 
 async function call (gw: Gateway, method: string, path: string, body?: unknown): Promise<{ status: number, body: any, ms: number }> {
