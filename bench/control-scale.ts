@@ -10,8 +10,9 @@
 // a user would, and:
 // - start: spawn until the start-up banner (the API answers), the first start and a restart;
 // - create: p50/p99 of `POST /v1/endpoint-services` and `POST /v1/endpoints`, one at a time;
-// - at the largest size, a TCP ping (1 byte echoed, every 5 ms, on one kept connection) through
-//   a seeded accepted endpoint while 50 creates and 8 list calls run: RTT p50, p99, max.
+// - at the largest size, a TCP ping (1 byte echoed, every 2 ms, on one kept connection) through
+//   a seeded accepted endpoint while 50 creates and 8 list calls run: RTT p50, p99, max; and the
+//   same ping for 1 s before, without API calls, for what the machine itself adds.
 // `--main` runs another build (e.g. a checkout of an older revision) with the same method.
 // Addresses: 127.73.0.0/16 only (issue 14's range). Health checks are off in the seeded and
 // created services: 10,000 services probing one echo server would measure the prober instead.
@@ -164,7 +165,7 @@ async function createPair (gw: Gateway, echoPort: number): Promise<{ service: nu
   return { service: svc.ms, endpoint: ep.ms }
 }
 
-/** One kept TCP connection through the endpoint; one byte out, the echo back, every 5 ms. */
+/** One kept TCP connection through the endpoint; one byte out, the echo back, every 2 ms. */
 async function pinger (ip: string, port: number): Promise<{ stop: () => Promise<number[]> }> {
   const socket: Socket = connect({ host: ip, port })
   await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject) })
@@ -180,7 +181,7 @@ async function pinger (ip: string, port: number): Promise<{ stop: () => Promise<
         socket.write('p')
       })
       rtts.push(performance.now() - t0)
-      await new Promise((r) => setTimeout(r, 5))
+      await new Promise((r) => setTimeout(r, 2))
     }
   })()
   return {
@@ -195,6 +196,8 @@ interface SizeResult {
   createService: ReturnType<typeof stats>
   createEndpoint: ReturnType<typeof stats>
   ping?: ReturnType<typeof stats> & { creates: number, lists: number, loadMs: number }
+  /** The same ping for 1 s with no API calls: what the machine itself adds. */
+  pingIdle?: ReturnType<typeof stats>
 }
 
 async function runSize (dir: string, n: number, echoPort: number, creates: number, withPing: boolean): Promise<SizeResult> {
@@ -232,8 +235,10 @@ async function runSize (dir: string, n: number, echoPort: number, creates: numbe
     const result: SizeResult = { size: n, firstStartMs, restartMs, createService: stats(svcMs), createEndpoint: stats(epMs) }
     log(`N=${n}: create service p50 ${result.createService.p50.toFixed(2)} ms, endpoint p50 ${result.createEndpoint.p50.toFixed(2)} ms`)
     if (withPing) {
+      const idle = await pinger(ipOf(2), TERMINAL_PORT)
+      await new Promise((r) => setTimeout(r, 1000))
+      const pingIdle = stats(await idle.stop())
       const ping = await pinger(ipOf(2), TERMINAL_PORT)
-      await new Promise((r) => setTimeout(r, 200))
       const t0 = performance.now()
       const createLoop = (async () => { for (let i = 0; i < 25; i++) await createPair(gw, echoPort) })()
       const listLoop = (async () => {
@@ -244,9 +249,9 @@ async function runSize (dir: string, n: number, echoPort: number, creates: numbe
       })()
       await Promise.all([createLoop, listLoop])
       const loadMs = performance.now() - t0
-      await new Promise((r) => setTimeout(r, 200))
       const rtts = await ping.stop()
       result.ping = { ...stats(rtts), creates: 50, lists: 8, loadMs }
+      result.pingIdle = pingIdle
       log(`N=${n}: ping under load p50 ${result.ping.p50.toFixed(2)} p99 ${result.ping.p99.toFixed(2)} max ${result.ping.max.toFixed(2)} ms over ${rtts.length} pings`)
     }
     return result
@@ -268,7 +273,8 @@ function table (results: SizeResult[], label: string): string {
   for (const r of results) {
     if (r.ping === undefined) continue
     lines.push('', `Ping through an accepted endpoint at ${r.size.toLocaleString('en')} + ${r.size.toLocaleString('en')} while ${r.ping.creates} creates and ${r.ping.lists} list calls run ` +
-      `(${f(r.ping.loadMs / 1000)} s, ${r.ping.n} pings): RTT p50 ${f(r.ping.p50)} ms, p99 ${f(r.ping.p99)} ms, max ${f(r.ping.max)} ms`)
+      `(${f(r.ping.loadMs / 1000)} s, ${r.ping.n} pings): RTT p50 ${f(r.ping.p50)} ms, p99 ${f(r.ping.p99)} ms, max ${f(r.ping.max)} ms` +
+      (r.pingIdle === undefined ? '' : `; the same ping for 1 s without API calls (${r.pingIdle.n} pings): p50 ${f(r.pingIdle.p50)} ms, p99 ${f(r.pingIdle.p99)} ms, max ${f(r.pingIdle.max)} ms`))
   }
   const first = results[0]
   const last = results[results.length - 1]
