@@ -71,8 +71,11 @@ export class SqliteStore implements Store {
     const jsonFile = join(dir, STATE_FILE)
     const imported = await readJsonState(jsonFile)
     const view = new MemoryView()
+    const created = !existsSync(file)
     const db = openDatabase(file)
     try {
+      // A new database's directory entry must survive a power cut too, before anything is acknowledged.
+      if (created) await syncDir(dir)
       if (imported !== undefined) await importJson(db, dir, jsonFile, imported)
       loadRows(db, file, view)
     } finally {
@@ -278,6 +281,10 @@ async function importJson (db: DatabaseSync, dir: string, jsonFile: string, stat
   for (const name of await readdir(dir)) {
     if (name.startsWith(`${STATE_FILE}.tmp-`)) await rm(join(dir, name), { force: true })
   }
+  await syncDir(dir)
+}
+
+async function syncDir (dir: string): Promise<void> {
   const handle = await open(dir, 'r')
   try {
     await handle.sync()
