@@ -26,19 +26,20 @@ import { parseArgs } from 'node:util'
 import { stringify } from 'yaml'
 
 const repoRoot = resolve(import.meta.dirname, '..')
-const { values: opts } = parseArgs({
-  options: {
-    sizes: { type: 'string', default: '100,1000,10000' },
-    creates: { type: 'string', default: '40' },
-    main: { type: 'string', default: join(repoRoot, 'dist', 'main.js') },
-    json: { type: 'string' },
-    label: { type: 'string', default: '' },
-    /** Extra Node flags for the gateway (e.g. --trace-gc), and a file for its output. */
-    'node-args': { type: 'string', default: '' },
-    'gateway-log': { type: 'string' }
-  },
-  strict: true
-})
+
+export interface ControlScaleOptions {
+  readonly sizes: readonly number[]
+  readonly creates: number
+  /** The build to run: its dist/main.js. */
+  readonly main: string
+  /** Extra Node flags for the gateway (e.g. --trace-gc). */
+  readonly nodeArgs?: readonly string[]
+  /** A file that gets the gateway's output. */
+  readonly gatewayLog?: string
+  readonly log?: (message: string) => void
+}
+
+let opts: ControlScaleOptions = { sizes: [], creates: 0, main: join(repoRoot, 'dist', 'main.js') }
 
 const REGION = 'bench-1'
 const SUFFIX = 'privatelink.internal'
@@ -50,7 +51,7 @@ const SUBNET = '127.73.0.0/17'
 const TERMINAL_PORT = 7000
 const HEALTH_OFF = { enabled: false, protocol: 'TCP', path: '/', intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 2, unhealthyThreshold: 3 }
 
-const log = (m: string): void => { process.stderr.write(`[control-scale] ${m}\n`) }
+const log = (m: string): void => { (opts.log ?? ((x: string) => { process.stderr.write(`[control-scale] ${x}\n`) }))(m) }
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0')
 const ipOf = (n: number): string => `127.73.${(n >> 8) & 0x7f}.${n & 0xff}`
 
@@ -106,10 +107,9 @@ interface Gateway { proc: ChildProcess, apiUrl: string, startMs: number, exited:
 
 async function startGateway (configFile: string): Promise<Gateway> {
   const started = performance.now()
-  const extra = opts['node-args'].split(' ').filter((a) => a !== '')
-  const proc = spawn(process.execPath, ['--max-semi-space-size=8', ...extra, opts.main, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
-  if (opts['gateway-log'] !== undefined) {
-    const sink = createWriteStream(opts['gateway-log'], { flags: 'a' })
+  const proc = spawn(process.execPath, ['--max-semi-space-size=8', ...(opts.nodeArgs ?? []), opts.main, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  if (opts.gatewayLog !== undefined) {
+    const sink = createWriteStream(opts.gatewayLog, { flags: 'a' })
     proc.stdout?.pipe(sink, { end: false })
     proc.stderr?.pipe(sink, { end: false })
   }
@@ -189,7 +189,7 @@ async function pinger (ip: string, port: number): Promise<{ stop: () => Promise<
   }
 }
 
-interface SizeResult {
+export interface SizeResult {
   size: number
   firstStartMs: number
   restartMs: number
@@ -260,7 +260,7 @@ async function runSize (dir: string, n: number, echoPort: number, creates: numbe
   }
 }
 
-function table (results: SizeResult[], label: string): string {
+export function controlScaleTable (results: readonly SizeResult[], label: string): string {
   const f = (x: number): string => (Number.isFinite(x) ? x.toFixed(x < 10 ? 2 : x < 100 ? 1 : 0) : '—')
   const lines = [
     `| ${label}services + endpoints | first start | restart | create service p50 / p99 | create endpoint p50 / p99 |`,
@@ -284,16 +284,17 @@ function table (results: SizeResult[], label: string): string {
   return lines.join('\n')
 }
 
-async function main (): Promise<void> {
-  const sizes = opts.sizes.split(',').map(Number)
-  const creates = Number(opts.creates)
-  if (sizes.some((s) => !Number.isInteger(s) || s < 1 || s > 30000)) throw new Error('--sizes: integers 1..30000')
-  if (!Number.isInteger(creates) || creates < 1 || creates > 1000) throw new Error('--creates: 1..1000')
+/** Seed, start and measure every size in turn (the largest also with the ping). */
+export async function runControlScale (options: ControlScaleOptions): Promise<SizeResult[]> {
+  opts = options
+  const { sizes, creates } = options
+  if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1 || n > 30000)) throw new Error('sizes: integers 1..30000')
+  if (!Number.isInteger(creates) || creates < 1 || creates > 1000) throw new Error('creates: 1..1000')
   const echo = createServer((s) => { s.on('error', () => {}); s.pipe(s) })
-  await new Promise<void>((resolve) => echo.listen(0, BACKEND, resolve))
+  await new Promise<void>((resolve, reject) => { echo.once('error', reject); echo.listen(0, BACKEND, resolve) })
   const echoPort = (echo.address() as AddressInfo).port
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-control-scale-'))
-  log(`${opts.main}, working directory ${dir}, load average ${loadavg()[0]?.toFixed(2)}`)
+  log(`${options.main}, working directory ${dir}, load average ${loadavg()[0]?.toFixed(2)}`)
   const results: SizeResult[] = []
   try {
     const largest = Math.max(...sizes)
@@ -302,12 +303,38 @@ async function main (): Promise<void> {
     echo.close()
     await rm(dir, { recursive: true, force: true })
   }
-  const md = table(results, opts.label === '' ? '' : `${opts.label}: `)
-  process.stdout.write(md + '\n')
-  if (opts.json !== undefined) await writeFile(opts.json, JSON.stringify({ main: opts.main, date: new Date().toISOString(), loadAverage: loadavg()[0], results }, null, 2) + '\n')
+  return results
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`control-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
-  process.exitCode = 1
-})
+async function main (): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      sizes: { type: 'string', default: '100,1000,10000' },
+      creates: { type: 'string', default: '40' },
+      main: { type: 'string', default: join(repoRoot, 'dist', 'main.js') },
+      json: { type: 'string' },
+      label: { type: 'string', default: '' },
+      'node-args': { type: 'string', default: '' },
+      'gateway-log': { type: 'string' }
+    },
+    strict: true
+  })
+  const results = await runControlScale({
+    sizes: values.sizes.split(',').map(Number),
+    creates: Number(values.creates),
+    main: values.main,
+    nodeArgs: values['node-args'].split(' ').filter((a) => a !== ''),
+    ...(values['gateway-log'] === undefined ? {} : { gatewayLog: values['gateway-log'] })
+  })
+  process.stdout.write(controlScaleTable(results, values.label === '' ? '' : `${values.label}: `) + '\n')
+  if (values.json !== undefined) {
+    await writeFile(values.json, JSON.stringify({ main: values.main, date: new Date().toISOString(), loadAverage: loadavg()[0], results }, null, 2) + '\n')
+  }
+}
+
+if (import.meta.main) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`control-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
+    process.exitCode = 1
+  })
+}
