@@ -79,7 +79,8 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
 
     async start () {
       store = await SqliteStore.open(config.stateDir, {
-        onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') }
+        onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
+        onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
       })
       // Backend health is the UpstreamState's, which exists before any of the rooms.
       control = new ControlPlane(config, store, upstream)

@@ -32,6 +32,8 @@ export interface SqliteStoreOptions {
   readonly onListenerError?: (err: unknown) => void
   /** Cap the database at this many pages (4 KiB each); a write past it fails like a full disk. */
   readonly maxPageCount?: number
+  /** The writer thread died: every later change is refused (500) until a restart; say so once. */
+  readonly onWriterFailed?: (err: Error) => void
 }
 
 interface Pending {
@@ -45,6 +47,7 @@ export class SqliteStore implements Store {
   readonly #subscribers: Subscribers
   readonly #worker: Worker
   readonly #pending = new Map<number, Pending>()
+  readonly #onWriterFailed: ((err: Error) => void) | undefined
   #queue: Promise<unknown> = Promise.resolve()
   #seq = 0
   #broken: Error | undefined
@@ -55,6 +58,7 @@ export class SqliteStore implements Store {
     this.file = file
     this.#view = view
     this.#worker = worker
+    this.#onWriterFailed = options.onWriterFailed
     this.#subscribers = new Subscribers(options.onListenerError ?? ((err) => { process.emitWarning(`store subscriber failed: ${String(err)}`) }))
     worker.on('message', (reply: WriteReply) => this.#onReply(reply))
     worker.on('error', (err) => this.#fail(err))
@@ -158,6 +162,7 @@ export class SqliteStore implements Store {
   }
 
   #fail (err: Error): void {
+    if (this.#broken === undefined) this.#onWriterFailed?.(err)
     this.#broken ??= err
     for (const pending of this.#pending.values()) pending.reject(new Error(`state store writer failed: ${err.message}`))
     this.#pending.clear()
