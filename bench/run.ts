@@ -14,6 +14,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { controlScaleCase } from './cases/control-scale.ts'
 import { connectionRateCase, keepAliveCase, loggingCostCase } from './cases/http.ts'
 import { dnsCase } from './cases/dns.ts'
 import { memoryCase } from './cases/memory.ts'
@@ -129,15 +130,19 @@ async function main (): Promise<void> {
   })
 
   const rows: Row[] = []
+  // Case 8 runs its own gateways and needs no peer: alone, it starts none.
+  const needsPeers = [1, 2, 3, 4, 5, 6, 7].some(wanted)
   try {
     // Something already serving a bench address would answer the readiness probes and take the
     // load in place of the peer the bench started (HAProxy even shares its ports): refuse.
     const taken = []
     for (const [host, port] of benchTcpListeners()) if (await tcpAccepts(host, port, 300)) taken.push(`${host}:${port}`)
     if (taken.length > 0) throw new Error(`already in use by another process: ${taken.join(', ')} (another bench or proxy on 127.50.0.0/16?)`)
-    log('starting the backends: nginx (HTTP), iperf3, idle-session server, dnsmasq')
-    backends = await startBackends(dir)
-    for (const name of ['haproxy', 'nginx', 'linkgate'] as const) {
+    if (needsPeers) {
+      log('starting the backends: nginx (HTTP), iperf3, idle-session server, dnsmasq')
+      backends = await startBackends(dir)
+    }
+    for (const name of needsPeers ? ['haproxy', 'nginx', 'linkgate'] as const : []) {
       if (name === 'linkgate') {
         const missing = linkgateUnavailable()
         if (missing !== undefined) {
@@ -174,7 +179,8 @@ async function main (): Promise<void> {
         return dnsCase(ctx, dnsmasq === undefined ? 'dnsmasq is not running' : undefined, dnsmasq?.pid)
       }],
       [6, 'memory per idle session', () => memoryCase(ctx)],
-      [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)]
+      [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)],
+      [8, 'control plane at scale (services + endpoints in the store: 100, 1,000, 10,000)', () => controlScaleCase(ctx)]
     ]
     for (const [id, title, runCase] of cases) {
       if (!wanted(id)) continue

@@ -8,7 +8,8 @@ import { buildApiServer } from './api/server.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
 import { lockStateDir, type StateLock } from './control/state-lock.ts'
-import { Store } from './control/store.ts'
+import type { Store } from './control/store.ts'
+import { SqliteStore } from './control/store-sqlite.ts'
 import { parseHostPort } from './control/validation.ts'
 import { createAccessLog } from './dataplane/access-log.ts'
 import { ConnectionBudget, resolveMaxConnections, softOpenFileLimit } from './dataplane/connection-budget.ts'
@@ -91,12 +92,15 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         throw new ConfigError(options.configFile ?? '<config>', [(err as Error).message])
       }
       const budget = new ConnectionBudget(maxConnections)
-      store = await Store.open(config.stateDir)
+      store = await SqliteStore.open(config.stateDir, {
+        onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
+        onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
+      })
       const endpointStatuses = metrics.endpoints
       const stateOf = store
       metrics.beforeScrape(() => { publishEndpointStatuses(endpointStatuses, stateOf.state.endpoints) })
-      control = new ControlPlane(config, store)
-      control.setHealthSource(upstream)
+      // Backend health is the UpstreamState's, which exists before any of the rooms.
+      control = new ControlPlane(config, store, upstream)
       const file = options.configFile ?? '<config>'
       try {
         await control.applyDeclared(config.services, config.endpoints)
@@ -155,6 +159,8 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           health?.close(),
           demo?.close()
         ])
+        // Last: the rooms above may still record a change (a bind failure) while they close.
+        await store?.close()
         await accessLog.close()
         await lock?.release()
       })()

@@ -16,7 +16,8 @@ export function formatNumber (n: number): string {
 
 /** Errors and loss are counts of failures (mostly 0) and `×` rows are ratios already. */
 function ratioWorthy (row: Row): boolean {
-  return row.unit !== '×' && row.unit !== '%' && row.unit !== 'count'
+  // A linkgate-only row (case 8) has nothing to be divided by.
+  return row.unit !== '×' && row.unit !== '%' && row.unit !== 'count' && row.reference !== 'linkgate'
 }
 
 const formatRatio = (r: number | undefined): string => (r === undefined ? '—' : `${r.toFixed(2)}×`)

@@ -185,7 +185,8 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>
     reply.code(201).send(await control.createService(who(request), request.body)))
-  app.get('/v1/endpoint-services', async (request) => ({ items: control.listServices(who(request)) }))
+  // List routes page (SPEC §10): `?limit=&nextToken=`, answered `{items, nextToken?}`.
+  app.get('/v1/endpoint-services', async (request) => control.listServices(who(request), request.query))
   app.get('/v1/endpoint-services/:id', async (request) => control.getService(who(request), p(request).id as string))
   app.patch('/v1/endpoint-services/:id', async (request) =>
     control.patchService(who(request), p(request).id as string, request.body))
@@ -208,7 +209,7 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
 
   // Allowed accounts.
   app.get('/v1/endpoint-services/:id/allowed-accounts', async (request) =>
-    ({ items: control.listAllowedAccounts(who(request), p(request).id as string) }))
+    control.listAllowedAccounts(who(request), p(request).id as string, request.query))
   app.post('/v1/endpoint-services/:id/allowed-accounts', async (request, reply) =>
     reply.code(201).send({ items: await control.addAllowedAccount(who(request), p(request).id as string, request.body) }))
   app.delete('/v1/endpoint-services/:id/allowed-accounts/:accountId', async (request, reply) => {
@@ -218,7 +219,7 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
 
   // Connections: the provider's view and decision.
   app.get('/v1/endpoint-services/:id/connections', async (request) =>
-    ({ items: control.listConnections(who(request), p(request).id as string) }))
+    control.listConnections(who(request), p(request).id as string, request.query))
   app.post('/v1/endpoint-services/:id/connections/:endpointId/accept', async (request) =>
     control.decideConnection(who(request), p(request).id as string, p(request).endpointId as string, 'accepted'))
   app.post('/v1/endpoint-services/:id/connections/:endpointId/reject', async (request) =>
@@ -227,11 +228,11 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   // Consumer side.
   app.get('/v1/available-services', async (request) => {
     const name = (request.query as Record<string, unknown>).name
-    return { items: control.availableServices(who(request), typeof name === 'string' ? name : undefined) }
+    return control.availableServices(who(request), typeof name === 'string' ? name : undefined, request.query)
   })
   app.post('/v1/endpoints', async (request, reply) =>
     reply.code(201).send(await control.createEndpoint(who(request), request.body)))
-  app.get('/v1/endpoints', async (request) => ({ items: control.listEndpoints(who(request)) }))
+  app.get('/v1/endpoints', async (request) => control.listEndpoints(who(request), request.query))
   app.get('/v1/endpoints/:id', async (request) => control.getEndpoint(who(request), p(request).id as string))
   app.patch('/v1/endpoints/:id', async (request) => control.patchEndpoint(who(request), p(request).id as string, request.body))
   app.delete('/v1/endpoints/:id', async (request, reply) => {

@@ -7,19 +7,20 @@ import {
   ConfigError, conflict, forbidden, invalidParameter, isLinkgateError, notFound, quotaExceeded, unauthorized
 } from '../errors.ts'
 import { endpointDnsNames } from './dns-names.ts'
-import { allocateIp, normalizeIp } from './ip-allocation.ts'
+import { allocateIp, ipToBigInt, normalizeIp } from './ip-allocation.ts'
 import {
   endpointTransitions, isBindFailure, type Backend, type ChangeEvent, type Endpoint, type EndpointService,
   type EndpointStatus, type HealthCheck, type HealthSource, type PortMapping
 } from './model.ts'
 import { mergePatch } from './merge-patch.ts'
+import { mergeSources, offsetOf, pageOf, parsePageRequest, type Page } from './pagination.ts'
 import {
   AllowedAccountBody, BackendInput, BackendList, BackendMutable, BackendPatch, EndpointCreate, EndpointMutable, EndpointPatch,
   ServiceCreate, ServiceMutable, ServicePatch,
   type BackendInputT, type BackendMutableInput, type Config, type ConfigEndpoint, type ConfigService,
   type EndpointCreateInput, type EndpointMutableInput, type ServiceCreateInput, type ServiceMutableInput, type ServicePatchInput
 } from './schemas.ts'
-import type { Draft, Store } from './store.ts'
+import { MemoryView, type Draft, type Store } from './store.ts'
 import { validate } from './validation.ts'
 
 export interface Caller {
@@ -53,6 +54,7 @@ export interface AvailableServiceView {
 
 const at = (prefix: string, field: string): string => (prefix === '' ? field : `${prefix}.${field}`)
 
+/** `taken` is a draft's records: `in` is one keyed lookup. */
 function newId (prefix: string, bytes: number, taken: Readonly<Record<string, unknown>>): string {
   for (;;) {
     const id = prefix + randomBytes(bytes).toString('hex')
@@ -65,22 +67,35 @@ const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest()
 export class ControlPlane {
   readonly #config: Config
   readonly #store: Store
-  #health: HealthSource = { backendHealth: () => 'unknown' }
+  readonly #health: HealthSource
   readonly #tokens: ReadonlyArray<{ digest: Buffer, caller: Caller }>
   readonly #subnets: ReadonlyMap<string, Config['subnets'][number]>
   readonly #zones: ReadonlySet<string>
+  /**
+   * Per subnet, where the search for the lowest free address starts: every address below it
+   * is taken. Lowered when an endpoint gives its address back, so allocation does not rescan
+   * the used addresses of a full subnet on every create.
+   */
+  readonly #ipHints = new Map<string, bigint>()
 
-  constructor (config: Config, store: Store) {
+  constructor (config: Config, store: Store, health: HealthSource) {
     this.#config = config
     this.#store = store
+    this.#health = health
     this.#tokens = config.accounts.map((a) => ({ digest: sha256(a.token), caller: { id: a.id, name: a.name } }))
     this.#subnets = new Map(config.subnets.map((s) => [s.id, s]))
     this.#zones = new Set(config.zones)
+    store.subscribe(this.#onChanges)
   }
 
-  /** The data plane's health checker, once it exists (app wiring). */
-  setHealthSource (health: HealthSource): void {
-    this.#health = health
+  readonly #onChanges = (events: readonly ChangeEvent[]): void => {
+    for (const e of events) {
+      if (e.kind !== 'endpoint' || e.before === undefined || e.after?.ip === e.before.ip) continue
+      const hint = this.#ipHints.get(e.before.subnetId)
+      if (hint === undefined) continue
+      const freed = ipToBigInt(e.before.ip)
+      if (freed !== undefined && freed < hint) this.#ipHints.set(e.before.subnetId, freed)
+    }
   }
 
   // ---- authentication ----
@@ -108,10 +123,13 @@ export class ControlPlane {
     return { ...svc, backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
   }
 
-  listServices (caller: Caller): ServiceView[] {
-    return Object.values(this.#store.state.services)
-      .filter((s) => s.ownerAccountId === caller.id)
-      .map((s) => this.serviceView(s))
+  listServices (caller: Caller, query?: unknown): Page<ServiceView> {
+    const { limit, after } = parsePageRequest(query)
+    const services = this.#store.state.services
+    return pageOf(this.#store.page('serviceOwner', caller.id, after, limit + 1), limit, (id) => {
+      const s = services[id]
+      return s === undefined ? undefined : this.serviceView(s)
+    })
   }
 
   getService (caller: Caller, id: string): ServiceView {
@@ -123,13 +141,13 @@ export class ControlPlane {
     const svc = await this.#store.transact((draft) => {
       const id = newId('vpcesvc-', 6, draft.services)
       const created = this.#buildService(id, caller.id, input, '', new Date().toISOString())
-      const owned = Object.values(draft.services).filter((s) => s.ownerAccountId === caller.id).length
+      const owned = draft.count('serviceOwner', caller.id)
       const quota = this.#config.quotas.servicesPerAccount
       if (owned >= quota) {
         throw quotaExceeded(`servicesPerAccount: account ${caller.id} already has ${owned} endpoint services (quota ${quota})`)
       }
       draft.services[id] = created
-      return { result: created, events: [{ kind: 'service', action: 'created', id }] }
+      return created
     })
     return this.serviceView(svc)
   }
@@ -149,9 +167,9 @@ export class ControlPlane {
         sameZonePreferred: merged.sameZonePreferred,
         healthCheck: this.#checkHealth(merged.healthCheck as HealthCheck, current.portMappings, 'healthCheck')
       }
-      if (JSON.stringify(next) === JSON.stringify(current)) return { result: current, events: [] }
+      if (JSON.stringify(next) === JSON.stringify(current)) return current
       draft.services[id] = next
-      return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
+      return next
     })
     return this.serviceView(svc)
   }
@@ -159,22 +177,19 @@ export class ControlPlane {
   async deleteService (caller: Caller, id: string): Promise<void> {
     await this.#store.transact((draft) => {
       this.#ownService(draft, caller, id)
-      const endpoints = Object.values(draft.endpoints).filter((e) => e.serviceId === id)
+      const endpoints = draft.ids('endpointService', id).map((eid) => draft.endpoints[eid] as Endpoint)
       const live = endpoints.filter((e) => e.status === 'accepted' || e.status === 'creating')
       if (live.length > 0) {
         throw conflict(`id: endpoint service ${id} has ${live.length} accepted endpoint(s) (${live.map((e) => e.id).join(', ')}); reject or delete them first`)
       }
       delete draft.services[id]
-      const events: ChangeEvent[] = [{ kind: 'service', action: 'deleted', id }]
       // Endpoints left behind (pending, rejected) can never connect again: fail them with the
       // reason, through the transition table like every other status change.
       for (const ep of endpoints) {
         if (ep.status === 'failed') continue
         this.#transition(ep, 'failed')
         draft.endpoints[ep.id] = this.#withStatus({ ...ep, statusReason: `endpoint service ${id} was deleted` }, 'failed')
-        events.push({ kind: 'endpoint', action: 'updated', id: ep.id })
       }
-      return { result: undefined, events }
     })
   }
 
@@ -224,8 +239,12 @@ export class ControlPlane {
 
   // ---- allowed accounts ----
 
-  listAllowedAccounts (caller: Caller, id: string): string[] {
-    return [...this.#ownService(this.#store.state, caller, id).allowedAccounts]
+  listAllowedAccounts (caller: Caller, id: string, query?: unknown): Page<string> {
+    const { limit, after } = parsePageRequest(query)
+    const accounts = this.#ownService(this.#store.state, caller, id).allowedAccounts
+    const from = offsetOf(after)
+    const keys = accounts.slice(from, from + limit + 1).map((_a, i) => String(from + i + 1))
+    return pageOf(keys, limit, (key) => accounts[Number(key) - 1])
   }
 
   async addAllowedAccount (caller: Caller, id: string, body: unknown): Promise<string[]> {
@@ -249,13 +268,16 @@ export class ControlPlane {
 
   // ---- connections (the provider's view of endpoints to its service) ----
 
-  listConnections (caller: Caller, id: string): ConnectionView[] {
+  listConnections (caller: Caller, id: string, query?: unknown): Page<ConnectionView> {
+    const { limit, after } = parsePageRequest(query)
     this.#ownService(this.#store.state, caller, id)
-    return Object.values(this.#store.state.endpoints)
-      .filter((e) => e.serviceId === id)
-      .map((e) => ({
-        id: e.id, ownerAccountId: e.ownerAccountId, status: e.status, ip: e.ip, zone: e.zone, subnetId: e.subnetId, createdAt: e.createdAt
-      }))
+    const endpoints = this.#store.state.endpoints
+    return pageOf(this.#store.page('endpointService', id, after, limit + 1), limit, (eid) => {
+      const e = endpoints[eid]
+      return e === undefined
+        ? undefined
+        : { id: e.id, ownerAccountId: e.ownerAccountId, status: e.status, ip: e.ip, zone: e.zone, subnetId: e.subnetId, createdAt: e.createdAt }
+    })
   }
 
   async decideConnection (caller: Caller, id: string, endpointId: string, decision: 'accepted' | 'rejected'): Promise<ConnectionView> {
@@ -265,24 +287,50 @@ export class ControlPlane {
       if (current === undefined || current.serviceId !== id) {
         throw notFound(`endpointId: no endpoint ${endpointId} connects to ${id}`)
       }
-      if (current.status === decision) return { result: current, events: [] }
+      if (current.status === decision) return current
       // failed → accepted belongs to the data plane (a bind that heals), not to the provider.
       if (current.status === 'failed') throw conflict(`status: endpoint ${endpointId} is failed and cannot become ${decision}`)
       this.#transition(current, decision)
       const next = this.#withStatus(current, decision)
       draft.endpoints[endpointId] = next
-      return { result: next, events: [{ kind: 'endpoint', action: 'updated', id: endpointId }] }
+      return next
     })
     return { id: ep.id, ownerAccountId: ep.ownerAccountId, status: ep.status, ip: ep.ip, zone: ep.zone, subnetId: ep.subnetId, createdAt: ep.createdAt }
   }
 
   // ---- consumer side ----
 
-  availableServices (caller: Caller, name?: string): AvailableServiceView[] {
-    return Object.values(this.#store.state.services)
-      .filter((s) => this.#mayConnect(s, caller.id))
-      .filter((s) => name === undefined || name === '' || s.name === name || s.serviceName === name)
-      .map((s) => ({
+  availableServices (caller: Caller, name?: string, query?: unknown): Page<AvailableServiceView> {
+    const { limit, after } = parsePageRequest(query)
+    const store = this.#store
+    const services = store.state.services
+    let keys: string[]
+    if (name === undefined || name === '') {
+      // Own, allowed by id, allowed to everyone: three ordered indexes, merged.
+      keys = mergeSources([
+        (from, n) => store.page('serviceOwner', caller.id, from, n),
+        (from, n) => store.page('serviceAllowed', caller.id, from, n),
+        (from, n) => store.page('serviceAllowed', '*', from, n)
+      ], after, limit + 1)
+    } else {
+      // Services of one name are few; those the caller may not see are skipped.
+      keys = []
+      for (let from = after; keys.length <= limit;) {
+        const chunk = store.page('serviceName', name, from, limit + 1)
+        for (const id of chunk) if (this.#mayConnect(services[id] as EndpointService, caller.id)) keys.push(id)
+        if (chunk.length <= limit) break
+        from = chunk[chunk.length - 1]
+      }
+      keys = keys.slice(0, limit + 1)
+    }
+    return pageOf(keys, limit, (id) => {
+      const s = services[id]
+      return s === undefined ? undefined : this.#availableView(s, caller)
+    })
+  }
+
+  #availableView (s: EndpointService, caller: Caller): AvailableServiceView {
+    return ({
         id: s.id,
         ...(s.name === undefined ? {} : { name: s.name }),
         serviceName: s.serviceName,
@@ -290,11 +338,13 @@ export class ControlPlane {
         acceptanceRequired: s.acceptanceRequired && s.ownerAccountId !== caller.id,
         portMappings: s.portMappings,
         zones: [...new Set(s.backends.map((b) => b.zone))].sort()
-      }))
+      })
   }
 
-  listEndpoints (caller: Caller): Endpoint[] {
-    return Object.values(this.#store.state.endpoints).filter((e) => e.ownerAccountId === caller.id)
+  listEndpoints (caller: Caller, query?: unknown): Page<Endpoint> {
+    const { limit, after } = parsePageRequest(query)
+    const endpoints = this.#store.state.endpoints
+    return pageOf(this.#store.page('endpointOwner', caller.id, after, limit + 1), limit, (id) => endpoints[id])
   }
 
   getEndpoint (caller: Caller, id: string): Endpoint {
@@ -307,12 +357,12 @@ export class ControlPlane {
       const id = newId('vpce-', 6, draft.endpoints)
       const ep = this.#buildEndpoint(draft, id, caller.id, input, '', new Date().toISOString())
       const quota = this.#config.quotas.endpointsPerAccount
-      const owned = Object.values(draft.endpoints).filter((e) => e.ownerAccountId === caller.id).length
+      const owned = draft.count('endpointOwner', caller.id)
       if (owned >= quota) {
         throw quotaExceeded(`endpointsPerAccount: account ${caller.id} already has ${owned} endpoints (quota ${quota})`)
       }
       draft.endpoints[id] = ep
-      return { result: ep, events: [{ kind: 'endpoint', action: 'created', id }] }
+      return ep
     })
   }
 
@@ -324,9 +374,9 @@ export class ControlPlane {
       const merged = validate<EndpointMutableInput>(EndpointMutable,
         mergePatch({ allowedSources: current.allowedSources, privateDns: current.privateDns }, input))
       const next = this.#withStatus({ ...current, allowedSources: merged.allowedSources, privateDns: merged.privateDns }, current.status)
-      if (JSON.stringify(next) === JSON.stringify(current)) return { result: current, events: [] }
+      if (JSON.stringify(next) === JSON.stringify(current)) return current
       draft.endpoints[id] = next
-      return { result: next, events: [{ kind: 'endpoint', action: 'updated', id }] }
+      return next
     })
   }
 
@@ -334,7 +384,6 @@ export class ControlPlane {
     await this.#store.transact((draft) => {
       this.#ownEndpoint(draft, caller, id)
       delete draft.endpoints[id]
-      return { result: undefined, events: [{ kind: 'endpoint', action: 'deleted', id }] }
     })
   }
 
@@ -344,9 +393,8 @@ export class ControlPlane {
   async markEndpointFailed (id: string, reason: string): Promise<void> {
     await this.#store.transact((draft) => {
       const current = draft.endpoints[id]
-      if (current === undefined || current.status !== 'accepted') return { result: undefined, events: [] }
+      if (current === undefined || current.status !== 'accepted') return
       draft.endpoints[id] = this.#withStatus({ ...current, statusReason: reason }, 'failed')
-      return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
     })
   }
 
@@ -354,10 +402,9 @@ export class ControlPlane {
   async markEndpointRecovered (id: string): Promise<void> {
     await this.#store.transact((draft) => {
       const current = draft.endpoints[id]
-      if (current === undefined || !isBindFailure(current)) return { result: undefined, events: [] }
+      if (current === undefined || !isBindFailure(current)) return
       this.#transition(current, 'accepted')
       draft.endpoints[id] = this.#withStatus(current, 'accepted')
-      return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
     })
   }
 
@@ -371,9 +418,8 @@ export class ControlPlane {
    */
   async applyDeclared (services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): Promise<void> {
     await this.#store.transact((draft) => {
-      const { events, errors } = this.#declare(draft, services, endpoints)
+      const errors = this.#declare(draft, services, endpoints)
       if (errors.length > 0) throw new ConfigError('declared resources', errors)
-      return { result: undefined, events }
     })
   }
 
@@ -382,13 +428,14 @@ export class ControlPlane {
    * config loader run it, so that both report what `start` would refuse (SPEC §10).
    */
   static checkDeclared (config: Config): string[] {
-    const dryRun = new ControlPlane(config, undefined as unknown as Store)
-    return dryRun.#declare({ services: {}, endpoints: {} }, config.services, config.endpoints).errors
+    // Nothing is stored: the rules run on a draft of an empty in-memory view.
+    const nowhere = { subscribe: () => () => {} } as unknown as Store
+    const dryRun = new ControlPlane(config, nowhere, { backendHealth: () => 'unknown' })
+    return dryRun.#declare(new MemoryView().draft(), config.services, config.endpoints)
   }
 
   /** Every declared resource in turn; one that breaks a rule is named in `errors` and left out. */
-  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): { events: ChangeEvent[], errors: string[] } {
-    const events: ChangeEvent[] = []
+  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): string[] {
     const errors: string[] = []
     const refused = new Set<string>()
     const seen = new Set<string>()
@@ -415,10 +462,7 @@ export class ControlPlane {
       if (current !== undefined && JSON.stringify(current.portMappings) !== JSON.stringify(built.portMappings)) {
         throw conflict(`${prefix}.portMappings: immutable after creation; ${id} was created with other port mappings`)
       }
-      if (current === undefined || JSON.stringify(current) !== JSON.stringify(built)) {
-        draft.services[id] = built
-        events.push({ kind: 'service', action: current === undefined ? 'created' : 'updated', id })
-      }
+      if (current === undefined || JSON.stringify(current) !== JSON.stringify(built)) draft.services[id] = built
     }, decl.id))
     endpoints.forEach((decl, i) => collect(() => {
       const prefix = `endpoints[${i}]`
@@ -428,16 +472,12 @@ export class ControlPlane {
       const current = draft.endpoints[id]
       if (current === undefined) {
         draft.endpoints[id] = this.#buildEndpoint(draft, id, ownerAccountId, input, prefix, new Date().toISOString())
-        events.push({ kind: 'endpoint', action: 'created', id })
         return
       }
       const next = this.#withStatus({ ...current, allowedSources: input.allowedSources, privateDns: input.privateDns }, current.status)
-      if (JSON.stringify(next) !== JSON.stringify(current)) {
-        draft.endpoints[id] = next
-        events.push({ kind: 'endpoint', action: 'updated', id })
-      }
+      if (JSON.stringify(next) !== JSON.stringify(current)) draft.endpoints[id] = next
     }, decl.id))
-    return { events, errors }
+    return errors
   }
 
   // ---- rules ----
@@ -532,8 +572,10 @@ export class ControlPlane {
     if (subnet === undefined) {
       throw invalidParameter(`${at(prefix, 'subnetId')}: unknown subnet ${JSON.stringify(input.subnetId)} (configured: ${[...this.#subnets.keys()].join(', ')})`)
     }
-    const used = new Set(Object.values(draft.endpoints).map((e) => e.ip))
-    const ip = allocateIp(subnet, input.ip, used, at(prefix, 'ip'))
+    const inUse = (candidate: string): boolean => draft.count('endpointIp', candidate) > 0
+    const ip = allocateIp(subnet, input.ip, inUse, at(prefix, 'ip'), input.ip === undefined ? this.#ipHints.get(subnet.id) : undefined)
+    // Every address below the lowest free one is taken: the next search starts there.
+    if (input.ip === undefined) this.#ipHints.set(subnet.id, ipToBigInt(ip) as bigint)
     const status: EndpointStatus = svc.ownerAccountId === owner || !svc.acceptanceRequired ? 'accepted' : 'pendingAcceptance'
     return this.#withStatus({
       id,
@@ -561,7 +603,7 @@ export class ControlPlane {
       if (svc === undefined) throw notFound(`${at(prefix, 'serviceId')}: endpoint service ${input.serviceId} not found`)
     }
     if (input.serviceName !== undefined) {
-      const byName = Object.values(draft.services).find((s) => s.serviceName === input.serviceName)
+      const byName = draft.ids('serviceName', input.serviceName).map((sid) => draft.services[sid]).find((s) => s?.serviceName === input.serviceName)
       if (byName === undefined) throw notFound(`${at(prefix, 'serviceName')}: endpoint service ${input.serviceName} not found`)
       if (svc !== undefined && svc.id !== byName.id) {
         throw invalidParameter(`${at(prefix, 'serviceName')}: ${input.serviceName} is not the service ${input.serviceId}`)
@@ -618,9 +660,8 @@ export class ControlPlane {
     return this.#store.transact((draft) => {
       const current = this.#ownService(draft, caller, id)
       const next = change(current)
-      if (next === current) return { result: current, events: [] }
-      draft.services[id] = next
-      return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
+      if (next !== current) draft.services[id] = next
+      return next
     })
   }
 }

@@ -39,7 +39,16 @@ export function normalizeIp (ip: string): string {
   return ipaddr.parse(ip).toString()
 }
 
-export function allocateIp (subnet: SubnetLike, requested: string | undefined, used: ReadonlySet<string>, field = 'ip'): string {
+/** An address as a number (for ordering and allocation hints); undefined when it does not parse. */
+export function ipToBigInt (ip: string): bigint | undefined {
+  return ipaddr.isValid(ip) ? toBigInt(ipaddr.parse(ip)) : undefined
+}
+
+/**
+ * `requested` when it is a free host address of the subnet; else the lowest free one, searched
+ * from `from` (a caller's hint below which every address is taken) upwards.
+ */
+export function allocateIp (subnet: SubnetLike, requested: string | undefined, inUse: (ip: string) => boolean, field = 'ip', from?: bigint): string {
   const { network, first, last, size } = bounds(subnet)
   if (requested !== undefined) {
     const addr = ipaddr.parse(requested)
@@ -55,13 +64,14 @@ export function allocateIp (subnet: SubnetLike, requested: string | undefined, u
       throw invalidParameter(`${field}: ${requested} is the first host address of ${subnet.id} (${subnet.cidr}), reserved as its gateway`)
     }
     const ip = addr.toString()
-    if (used.has(ip)) throw conflict(`${field}: ${ip} is already used by another endpoint`)
+    if (inUse(ip)) throw conflict(`${field}: ${ip} is already used by another endpoint`)
     return ip
   }
   const end = network.kind() === 'ipv4' ? last - 1n : last
-  for (let n = first + 2n; n <= end; n++) {
+  const start = from !== undefined && from > first + 2n ? from : first + 2n
+  for (let n = start; n <= end; n++) {
     const ip = fromBigInt(n, size).toString()
-    if (!used.has(ip)) return ip
+    if (!inUse(ip)) return ip
   }
   throw conflict(`subnetId: no free address left in ${subnet.id} (${subnet.cidr})`)
 }

@@ -94,9 +94,15 @@ export interface State {
   readonly endpoints: Readonly<Record<string, Endpoint>>
 }
 
+export type ChangeAction = 'created' | 'updated' | 'deleted'
+
+/**
+ * One committed change of one resource, carrying what changed: `before` is undefined for
+ * `created`, `after` for `deleted`. Consumers act on these alone, so they never rescan the state.
+ */
 export type ChangeEvent =
-  | { readonly kind: 'service', readonly action: 'created' | 'updated' | 'deleted', readonly id: string }
-  | { readonly kind: 'endpoint', readonly action: 'created' | 'updated' | 'deleted', readonly id: string }
+  | { readonly kind: 'service', readonly action: ChangeAction, readonly id: string, readonly before: EndpointService | undefined, readonly after: EndpointService | undefined }
+  | { readonly kind: 'endpoint', readonly action: ChangeAction, readonly id: string, readonly before: Endpoint | undefined, readonly after: Endpoint | undefined }
 
 export type BackendHealth = 'healthy' | 'unhealthy' | 'unknown'
 

@@ -3,11 +3,12 @@
 // not concern").
 //
 // Wanted: one ProxyListener per (accepted endpoint, port mapping), bound on
-// endpoint.ip:terminalPort. Bound: what this class holds. The store's change events only
-// schedule a reconcile (bursts coalesce into one pass on the next turn of the event loop); each
-// pass diffs wanted against bound from `store.state`, so no event can be missed or replayed
-// in the wrong order. Endpoint and service records are frozen and replaced on change, so
-// "changed" is a reference comparison.
+// endpoint.ip:terminalPort. Bound: what this class holds. The store's change events name the
+// services and endpoints that changed; they are collected and reconciled on the next turn of
+// the event loop (bursts coalesce into one pass), and a pass diffs wanted against bound for
+// those resources only, from `store.state`, so a change costs the same with ten endpoints or
+// ten thousand. Endpoint and service records are frozen and replaced on change, so "changed"
+// is a reference comparison.
 //
 // Bind failures heal (SPEC §10): an endpoint whose listener cannot be bound releases what it
 // holds, is reported `failed` (statusReason `bind ...`), and keeps its entry here with a retry
@@ -15,7 +16,7 @@
 // endpoint is `accepted` again. An endpoint stored as failed by a bind is retried after a
 // restart too; only leaving that state (a delete) ends the retries.
 import type { Logger } from 'pino'
-import { isBindFailure, type Backend, type Endpoint, type EndpointService, type PortMapping, type State } from '../control/model.ts'
+import { isBindFailure, type Backend, type ChangeEvent, type Endpoint, type EndpointService, type PortMapping, type State } from '../control/model.ts'
 import type { Config } from '../control/schemas.ts'
 import type { Store } from '../control/store.ts'
 import type { Metrics } from '../metrics/metrics.ts'
@@ -89,6 +90,10 @@ export class DataPlane {
   readonly #retryFirstMs: number
   readonly #retryMaxMs: number
   #scheduled: NodeJS.Immediate | null = null
+  /** Changed since the last pass. */
+  readonly #dirtyServices = new Set<string>()
+  readonly #dirtyEndpoints = new Set<string>()
+  #unsubscribe: (() => void) | undefined
   #started = false
   #closed = false
   #closing: Promise<void> | null = null
@@ -106,8 +111,11 @@ export class DataPlane {
   start (): Promise<void> {
     if (this.#started || this.#closed) return Promise.resolve()
     this.#started = true
-    this.#opts.store.on('change', this.#onChange)
+    this.#unsubscribe = this.#opts.store.subscribe(this.#onChange)
     this.#opts.upstream.on('transition', this.#onHealthTransition)
+    const { services, endpoints } = this.#opts.store.state
+    for (const id in services) this.#dirtyServices.add(id)
+    for (const id in endpoints) this.#dirtyEndpoints.add(id)
     return this.#reconcile()
   }
 
@@ -138,8 +146,10 @@ export class DataPlane {
     return [...this.#entries.values()].filter((e) => !e.failed).map((e) => e.endpoint.id)
   }
 
-  readonly #onChange = (): void => {
-    if (this.#closed || this.#scheduled !== null) return
+  readonly #onChange = (events: readonly ChangeEvent[]): void => {
+    if (this.#closed) return
+    for (const e of events) (e.kind === 'service' ? this.#dirtyServices : this.#dirtyEndpoints).add(e.id)
+    if (this.#scheduled !== null) return
     this.#scheduled = setImmediate(() => {
       this.#scheduled = null
       if (!this.#closed) void this.#reconcile()
@@ -148,7 +158,7 @@ export class DataPlane {
 
   #stop (): void {
     this.#closed = true
-    this.#opts.store.off('change', this.#onChange)
+    this.#unsubscribe?.()
     this.#opts.upstream.off('transition', this.#onHealthTransition)
     if (this.#scheduled !== null) clearImmediate(this.#scheduled)
     this.#scheduled = null
@@ -185,41 +195,47 @@ export class DataPlane {
     }
   }
 
-  /** One pass: services first (balancers), then endpoints. Synchronous except for the binds it returns. */
+  /** One pass over what changed: services first (balancers), then endpoints. Synchronous except for the binds it returns. */
   #reconcile (): Promise<void> {
-    const state = this.#opts.store.state
+    const { store } = this.#opts
+    const state = store.state
+    const services = [...this.#dirtyServices]
+    const endpoints = this.#dirtyEndpoints
+    this.#dirtyServices.clear()
     try {
-      this.#reconcileServices(state)
-      return this.#reconcileEndpoints(state)
+      for (const id of services) {
+        this.#reconcileService(state, id)
+        // Its endpoints follow the service's new record (or go with it).
+        for (const eid of store.page('endpointService', id, undefined, Number.MAX_SAFE_INTEGER)) endpoints.add(eid)
+      }
+      const ids = [...endpoints]
+      endpoints.clear()
+      return this.#reconcileEndpoints(state, ids)
     } catch (err) {
-      // A bug here must not take the process down; the next change retries the whole diff.
+      // A bug here must not take the process down; the next change of these resources retries.
       this.#logger.error({ err }, 'data plane reconcile failed')
       return Promise.resolve()
     }
   }
 
-  #reconcileServices (state: State): void {
-    for (const id of this.#balancers.keys()) {
-      if (state.services[id] === undefined) {
-        const gone = this.#balancers.get(id)?.service
-        this.#balancers.delete(id)
-        if (gone !== undefined) this.#dropSeries(gone, [])
-        this.#opts.metrics.serviceFailOpen.remove({ service_id: id })
-      }
-    }
-    for (const service of Object.values(state.services)) {
-      const entry = this.#balancers.get(service.id)
-      if (entry === undefined) {
-        const created = { balancer: new ServiceBalancer(service, this.#opts.upstream), service, failOpen: null }
-        this.#balancers.set(service.id, created)
-        this.#publishFailOpen(created)
-      } else if (entry.service !== service) {
-        // New weights or backends: new connections follow them; live ones keep their backend.
-        entry.balancer.update(service)
-        this.#dropSeries(entry.service, service.backends)
-        entry.service = service
-        this.#publishFailOpen(entry)
-      }
+  #reconcileService (state: State, id: string): void {
+    const service = state.services[id]
+    const entry = this.#balancers.get(id)
+    if (service === undefined) {
+      if (entry === undefined) return
+      this.#balancers.delete(id)
+      this.#dropSeries(entry.service, [])
+      this.#opts.metrics.serviceFailOpen.remove({ service_id: id })
+    } else if (entry === undefined) {
+      const created = { balancer: new ServiceBalancer(service, this.#opts.upstream), service, failOpen: null }
+      this.#balancers.set(service.id, created)
+      this.#publishFailOpen(created)
+    } else if (entry.service !== service) {
+      // New weights or backends: new connections follow them; live ones keep their backend.
+      entry.balancer.update(service)
+      this.#dropSeries(entry.service, service.backends)
+      entry.service = service
+      this.#publishFailOpen(entry)
     }
   }
 
@@ -239,17 +255,21 @@ export class DataPlane {
     }
   }
 
-  #reconcileEndpoints (state: State): Promise<void> {
-    for (const entry of this.#entries.values()) {
-      const endpoint = state.endpoints[entry.endpoint.id]
+  #reconcileEndpoints (state: State, ids: readonly string[]): Promise<void> {
+    // Removals first, so an address another endpoint gives up in the same pass is free to bind.
+    for (const id of ids) {
+      const entry = this.#entries.get(id)
+      if (entry === undefined) continue
+      const endpoint = state.endpoints[id]
       if (endpoint === undefined || !wantsListeners(endpoint) || state.services[endpoint.serviceId] === undefined ||
         endpoint.serviceId !== entry.endpoint.serviceId) { // the runtime is tied to one service's balancer
         this.#removeEntry(entry, 'removed')
       }
     }
     const binds: Array<Promise<void>> = []
-    for (const endpoint of Object.values(state.endpoints)) {
-      if (!wantsListeners(endpoint)) continue
+    for (const id of ids) {
+      const endpoint = state.endpoints[id]
+      if (endpoint === undefined || !wantsListeners(endpoint)) continue
       const service = state.services[endpoint.serviceId]
       const balancer = this.#balancers.get(endpoint.serviceId)
       if (service === undefined || balancer === undefined) continue

@@ -169,7 +169,11 @@ export class EndpointRuntime {
     child.inc()
   }
 
-  /** Stop publishing and drop this endpoint's series (a deleted endpoint leaves no stale series). */
+  /**
+   * Stop publishing and drop this endpoint's series (a deleted endpoint leaves no stale series).
+   * The label sets are known (this runtime's protocols, refusal reasons and port mappings), so
+   * this costs the same with one endpoint or ten thousand: no scan of every series.
+   */
   dispose (): void {
     this.tcp.publish()
     this.udp.publish()
@@ -200,4 +204,3 @@ export class EndpointRuntime {
     }
   }
 }
-

@@ -10,7 +10,7 @@
 import { isIP } from 'node:net'
 import ipaddr from 'ipaddr.js'
 import { endpointDnsNames } from '../control/dns-names.ts'
-import type { State } from '../control/model.ts'
+import type { Endpoint, State } from '../control/model.ts'
 import type { Config } from '../control/schemas.ts'
 import { parseHostPort } from '../control/validation.ts'
 
@@ -80,14 +80,16 @@ export interface DnsZone {
   readonly records: readonly DnsRecord[]
 }
 
-/** Records of every accepted endpoint with privateDns: both names of SPEC §6 → its IP. */
+/** The records of one endpoint: both names of SPEC §6 → its IP while accepted with privateDns, else none. */
+export function recordsOf (ep: Endpoint | undefined, config: Pick<Config, 'region' | 'dns'>): DnsRecord[] {
+  if (ep === undefined || ep.status !== 'accepted' || !ep.privateDns || isIP(ep.ip) === 0) return []
+  return endpointDnsNames(ep, config).map((name) => ({ name: name.toLowerCase(), address: ep.ip }))
+}
+
+/** Records of every accepted endpoint with privateDns, sorted. */
 export function endpointRecords (state: State, config: Pick<Config, 'region' | 'dns'>): DnsRecord[] {
   const out: DnsRecord[] = []
-  for (const ep of Object.values(state.endpoints)) {
-    if (ep.status !== 'accepted' || !ep.privateDns) continue
-    if (isIP(ep.ip) === 0) continue
-    for (const name of endpointDnsNames(ep, config)) out.push({ name: name.toLowerCase(), address: ep.ip })
-  }
+  for (const id in state.endpoints) out.push(...recordsOf(state.endpoints[id], config))
   out.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : x.address < y.address ? -1 : 1))
   return out
 }
@@ -168,12 +170,6 @@ function soaRdata (suffix: string, serial: number, minimum: number): Buffer {
   return Buffer.concat([encodeName(`ns.${suffix}`), encodeName(`hostmaster.${suffix}`), timers])
 }
 
-interface NodeDraft {
-  a: Buffer[]
-  aaaa: Buffer[]
-  apex: boolean
-}
-
 export interface BuildZoneOptions {
   readonly serial: number
   /** Names that could not be published (too long for DNS) are reported here. */
@@ -182,96 +178,176 @@ export interface BuildZoneOptions {
 
 /** Compile `records` into a zone under `config.dns.suffix`. Pure. */
 export function buildZone (records: readonly DnsRecord[], config: Pick<Config, 'dns' | 'listen'>, options: BuildZoneOptions): DnsZone {
-  const suffix = config.dns.suffix.toLowerCase()
-  const ttl = config.dns.ttl
-  const suffixWire = encodeName(suffix)
-  const drafts = new Map<string, NodeDraft>()
-  const draft = (name: string): NodeDraft => {
-    let d = drafts.get(name)
-    if (d === undefined) {
-      d = { a: [], aaaa: [], apex: false }
-      drafts.set(name, d)
-    }
-    return d
-  }
-  draft(suffix).apex = true
+  return new LiveZone(config, options).update([], records, options.serial)
+}
 
-  const add = (record: DnsRecord): void => {
-    const d = draft(record.name)
-    const rdata = addressRdata(record.address)
-    ;(rdata.length === 4 ? d.a : d.aaaa).push(rdata)
-    // Every ancestor between the name and the apex exists as an empty non-terminal (RFC 8020).
-    let name = record.name
-    for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.')) {
-      name = name.slice(dot + 1)
-      if (name === suffix) break
-      draft(name)
-    }
-  }
+/**
+ * A zone kept up to date record by record (SPEC §11: no change rebuilds all DNS answers). It
+ * holds the published addresses per name and, per ancestor, how many names lie below it;
+ * `update` recompiles only the nodes of the names it touches, their ancestors that appear or
+ * vanish, and the apex (whose SOA carries the serial), then returns a new DnsZone object that
+ * shares the node table. Queries are answered synchronously between updates, so a query never
+ * sees half an update.
+ */
+export class LiveZone {
+  readonly #suffix: string
+  readonly #suffixWire: Buffer
+  readonly #ttl: number
+  readonly #nsName: string
+  readonly #nsAddress: Buffer | undefined
+  readonly #forward: boolean
+  readonly #onSkip: ((record: DnsRecord, reason: string) => void) | undefined
+  /** Published name → its addresses' rdata (4 or 16 bytes), keyed by address text. */
+  readonly #names = new Map<string, Map<string, Buffer>>()
+  /** Empty non-terminal → how many published names lie below it. */
+  readonly #below = new Map<string, number>()
+  readonly #nodes = new Map<string, ZoneNode>()
+  readonly #buckets = new Map<number, ZoneNode[]>()
+  #zone: DnsZone | undefined
 
-  const published: DnsRecord[] = []
-  for (const record of records) {
-    const name = record.name.toLowerCase()
-    if (!name.endsWith(`.${suffix}`)) {
-      options.onSkip?.(record, `not under the suffix ${suffix}`)
-      continue
-    }
-    try {
-      encodeName(name)
-    } catch (err) {
-      options.onSkip?.(record, (err as Error).message)
-      continue
-    }
-    add({ name, address: record.address })
-    published.push({ name, address: record.address })
+  constructor (config: Pick<Config, 'dns' | 'listen'>, options: Pick<BuildZoneOptions, 'onSkip'> = {}) {
+    this.#suffix = config.dns.suffix.toLowerCase()
+    this.#suffixWire = encodeName(this.#suffix)
+    this.#ttl = config.dns.ttl
+    this.#nsName = `ns.${this.#suffix}`
+    this.#forward = config.dns.upstreams.length > 0
+    this.#onSkip = options.onSkip
+    // The NS target, with the listener's own address as its A/AAAA when it is a specific one.
+    const listen = parseHostPort(config.listen.dns)
+    this.#nsAddress = listen !== undefined && ipaddr.parse(listen.host).range() !== 'unspecified' ? addressRdata(listen.host) : undefined
+    this.#compileNode(this.#nsName)
   }
 
-  // The NS target, with the listener's own address as its A/AAAA when it is a specific one.
-  const listen = parseHostPort(config.listen.dns)
-  const nsName = `ns.${suffix}`
-  const nsDraft = draft(nsName)
-  if (listen !== undefined && ipaddr.parse(listen.host).range() !== 'unspecified') {
-    const rdata = addressRdata(listen.host)
-    ;(rdata.length === 4 ? nsDraft.a : nsDraft.aaaa).push(rdata)
+  get zone (): DnsZone {
+    if (this.#zone === undefined) throw new Error('LiveZone: update() first')
+    return this.#zone
   }
 
-  const soaRecord = rr(suffixWire, TYPE_SOA, ttl, soaRdata(suffix, options.serial, ttl))
-  const nodata = tail(RCODE_NOERROR, [], [soaRecord])
-  const nxdomain = tail(RCODE_NXDOMAIN, [], [soaRecord])
-  const apexSoa = rr(POINTER_TO_QUESTION, TYPE_SOA, ttl, soaRdata(suffix, options.serial, ttl))
-  const apexNs = rr(POINTER_TO_QUESTION, TYPE_NS, ttl, encodeName(nsName))
+  /** Remove then add records, bump the serial, and return the zone now answering. */
+  update (removed: readonly DnsRecord[], added: readonly DnsRecord[], serial: number): DnsZone {
+    const touched = new Set<string>()
+    for (const record of removed) {
+      const name = record.name.toLowerCase()
+      const addresses = this.#names.get(name)
+      if (addresses === undefined || !addresses.delete(record.address)) continue
+      touched.add(name)
+      if (addresses.size > 0) continue
+      this.#names.delete(name)
+      for (const ancestor of this.#ancestors(name)) {
+        const n = (this.#below.get(ancestor) ?? 0) - 1
+        if (n > 0) this.#below.set(ancestor, n)
+        else this.#below.delete(ancestor)
+        touched.add(ancestor)
+      }
+    }
+    for (const record of added) {
+      const name = record.name.toLowerCase()
+      if (!name.endsWith(`.${this.#suffix}`)) {
+        this.#onSkip?.(record, `not under the suffix ${this.#suffix}`)
+        continue
+      }
+      try {
+        encodeName(name)
+      } catch (err) {
+        this.#onSkip?.(record, (err as Error).message)
+        continue
+      }
+      let addresses = this.#names.get(name)
+      if (addresses === undefined) {
+        this.#names.set(name, addresses = new Map())
+        for (const ancestor of this.#ancestors(name)) {
+          this.#below.set(ancestor, (this.#below.get(ancestor) ?? 0) + 1)
+          touched.add(ancestor)
+        }
+      }
+      addresses.set(record.address, addressRdata(record.address))
+      touched.add(name)
+    }
+    for (const name of touched) this.#compileNode(name)
+    this.#compileApex(serial)
+    return this.#zone as DnsZone
+  }
 
-  const buckets = new Map<number, ZoneNode[]>()
-  for (const [name, d] of drafts) {
+  /** Names between `name` (excluded) and the apex (excluded). */
+  #ancestors (name: string): string[] {
+    const out: string[] = []
+    for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.', dot + 1)) {
+      const ancestor = name.slice(dot + 1)
+      if (ancestor === this.#suffix) break
+      out.push(ancestor)
+    }
+    return out
+  }
+
+  #compileNode (name: string): void {
+    const a: Buffer[] = []
+    const aaaa: Buffer[] = []
+    for (const rdata of this.#names.get(name)?.values() ?? []) (rdata.length === 4 ? a : aaaa).push(rdata)
+    if (name === this.#nsName && this.#nsAddress !== undefined) (this.#nsAddress.length === 4 ? a : aaaa).push(this.#nsAddress)
+    const exists = a.length > 0 || aaaa.length > 0 || this.#below.has(name) || name === this.#nsName
+    this.#setNode(name, exists ? this.#node(name, a, aaaa, undefined) : undefined)
+  }
+
+  #compileApex (serial: number): void {
+    const suffix = this.#suffix
+    const ttl = this.#ttl
+    const soaRecord = rr(this.#suffixWire, TYPE_SOA, ttl, soaRdata(suffix, serial, ttl))
+    const apexSoa = rr(POINTER_TO_QUESTION, TYPE_SOA, ttl, soaRdata(suffix, serial, ttl))
+    const apexNs = rr(POINTER_TO_QUESTION, TYPE_NS, ttl, encodeName(this.#nsName))
+    const a: Buffer[] = []
+    const aaaa: Buffer[] = []
+    for (const rdata of this.#names.get(suffix)?.values() ?? []) (rdata.length === 4 ? a : aaaa).push(rdata)
+    this.#setNode(suffix, this.#node(suffix, a, aaaa, { soa: apexSoa, ns: apexNs }))
+    const names = this.#names
+    this.#zone = {
+      suffix,
+      suffixWire: this.#suffixWire,
+      ttl,
+      serial,
+      recursionAvailable: this.#forward,
+      forward: this.#forward,
+      nodata: tail(RCODE_NOERROR, [], [soaRecord]),
+      nxdomain: tail(RCODE_NXDOMAIN, [], [soaRecord]),
+      buckets: this.#buckets,
+      // Computed when asked (logs, tests): a sorted copy of every record is not per-change work.
+      get records (): readonly DnsRecord[] {
+        const out: DnsRecord[] = []
+        for (const [name, addresses] of names) for (const address of addresses.keys()) out.push({ name, address })
+        return out.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : x.address < y.address ? -1 : 1))
+      }
+    }
+  }
+
+  #node (name: string, a: readonly Buffer[], aaaa: readonly Buffer[], apex: { soa: Buffer, ns: Buffer } | undefined): ZoneNode {
+    const ttl = this.#ttl
     const wire = encodeName(name)
-    const aRrs = d.a.map((rdata) => rr(POINTER_TO_QUESTION, TYPE_A, ttl, rdata))
-    const aaaaRrs = d.aaaa.map((rdata) => rr(POINTER_TO_QUESTION, TYPE_AAAA, ttl, rdata))
-    const anyRrs = d.apex ? [apexSoa, apexNs, ...aRrs, ...aaaaRrs] : [...aRrs, ...aaaaRrs]
-    const node: ZoneNode = {
+    const aRrs = a.map((rdata) => rr(POINTER_TO_QUESTION, TYPE_A, ttl, rdata))
+    const aaaaRrs = aaaa.map((rdata) => rr(POINTER_TO_QUESTION, TYPE_AAAA, ttl, rdata))
+    const anyRrs = apex !== undefined ? [apex.soa, apex.ns, ...aRrs, ...aaaaRrs] : [...aRrs, ...aaaaRrs]
+    return {
       name,
       wire,
       hash: hashWire(wire, 0, wire.length),
       a: aRrs.length > 0 ? tail(RCODE_NOERROR, aRrs, []) : undefined,
       aaaa: aaaaRrs.length > 0 ? tail(RCODE_NOERROR, aaaaRrs, []) : undefined,
-      soa: d.apex ? tail(RCODE_NOERROR, [apexSoa], []) : undefined,
-      ns: d.apex ? tail(RCODE_NOERROR, [apexNs], []) : undefined,
+      soa: apex !== undefined ? tail(RCODE_NOERROR, [apex.soa], []) : undefined,
+      ns: apex !== undefined ? tail(RCODE_NOERROR, [apex.ns], []) : undefined,
       any: anyRrs.length > 0 ? tail(RCODE_NOERROR, anyRrs, []) : undefined
     }
-    const bucket = buckets.get(node.hash)
-    if (bucket === undefined) buckets.set(node.hash, [node])
-    else bucket.push(node)
   }
 
-  return {
-    suffix,
-    suffixWire,
-    ttl,
-    serial: options.serial,
-    recursionAvailable: config.dns.upstreams.length > 0,
-    forward: config.dns.upstreams.length > 0,
-    nodata,
-    nxdomain,
-    buckets,
-    records: published
+  #setNode (name: string, node: ZoneNode | undefined): void {
+    const old = this.#nodes.get(name)
+    if (old !== undefined) {
+      const bucket = this.#buckets.get(old.hash) as ZoneNode[]
+      const rest = bucket.filter((n) => n !== old)
+      if (rest.length === 0) this.#buckets.delete(old.hash)
+      else this.#buckets.set(old.hash, rest)
+      this.#nodes.delete(name)
+    }
+    if (node === undefined) return
+    this.#nodes.set(name, node)
+    const bucket = this.#buckets.get(node.hash)
+    this.#buckets.set(node.hash, bucket === undefined ? [node] : [...bucket, node])
   }
 }

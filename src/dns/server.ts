@@ -1,5 +1,6 @@
 // The embedded private DNS server (SPEC §6): UDP and TCP on `listen.dns`, the zone compiled
-// from the store's state (records.ts) and recompiled on its change events, answers from the pure
+// from the store's state (records.ts) and updated name by name from its change events (only
+// the names an event touches are recompiled, SPEC §11), answers from the pure
 // answers.ts, names outside the suffix through the Forwarder.
 //
 // Why plain node:dgram / node:net and not dns2's UDPServer / TCPServer (STYLE "dns2 notes"):
@@ -19,7 +20,8 @@ import type { Metrics } from '../metrics/metrics.ts'
 import { answerQuery, createAnswer, errorResponse, qtypeName, rcodeName, RCODE, type Answer } from './answers.ts'
 import { Forwarder } from './forwarder.ts'
 import { FrameParts } from './frame-parts.ts'
-import { buildZone, endpointRecords, nextSerial, recordsSignature, type DnsZone } from './records.ts'
+import type { ChangeEvent } from '../control/model.ts'
+import { endpointRecords, LiveZone, nextSerial, recordsOf, type DnsRecord, type DnsZone } from './records.ts'
 
 export interface DnsServerOptions {
   readonly config: Config
@@ -83,12 +85,12 @@ export class DnsServer {
   readonly #tcpSessions = new Set<TcpSession>()
   readonly #counts = new Map<number, QueryCount>()
   readonly #numericQtypes = new Set<number>()
+  #live: LiveZone
   #zone: DnsZone
-  #signature: string
   #serial: number
+  #unsubscribe: (() => void) | undefined
   #udp: dgram.Socket | undefined
   #tcp: net.Server | undefined
-  #rebuildTimer: NodeJS.Immediate | undefined
   #unhookScrape: (() => void) | undefined
   #started = false
   #destroyed = false
@@ -105,10 +107,9 @@ export class DnsServer {
       logger: this.#logger,
       timeoutMs: options.forwardTimeoutMs ?? 2000
     })
-    const records = endpointRecords(this.#store.state, this.#config)
-    this.#signature = recordsSignature(records)
     this.#serial = nextSerial(0)
-    this.#zone = this.#compile(records)
+    this.#live = this.#compile()
+    this.#zone = this.#live.zone
   }
 
   /** The zone answering right now (for logs and tests). */
@@ -135,10 +136,12 @@ export class DnsServer {
     }
     this.#udp = udp
     this.#tcp = tcp
-    this.#store.on('change', this.#onChange)
+    // A change may have landed between the constructor and now: compile again, and follow the
+    // store from this very state on (both synchronous, so no change slips in between).
+    this.#live = this.#compile()
+    this.#zone = this.#live.zone
+    this.#unsubscribe = this.#store.subscribe(this.#onChange)
     this.#unhookScrape = this.#metrics.beforeScrape(this.#publish)
-    // A change may have landed between the constructor and now.
-    this.#rebuild()
     const addresses = { udp: udp.address(), tcp: tcp.address() as AddressInfo }
     this.#logger.info({ udp: addresses.udp, tcp: addresses.tcp, suffix: this.#zone.suffix, records: this.#zone.records.length },
       'dns server listening')
@@ -149,9 +152,7 @@ export class DnsServer {
   destroy (): void {
     if (this.#destroyed) return
     this.#destroyed = true
-    this.#store.off('change', this.#onChange)
-    if (this.#rebuildTimer !== undefined) clearImmediate(this.#rebuildTimer)
-    this.#rebuildTimer = undefined
+    this.#unsubscribe?.()
     this.#forwarder.close()
     for (const session of this.#tcpSessions) session.destroy()
     this.#tcpSessions.clear()
@@ -248,37 +249,39 @@ export class DnsServer {
 
   // ---- records ----
 
-  readonly #onChange = (): void => {
-    // One rebuild per burst of events (a transaction emits several at once), on the next turn.
-    this.#rebuildTimer ??= setImmediate(this.#rebuild)
-  }
-
-  readonly #rebuild = (): void => {
-    this.#rebuildTimer = undefined
+  readonly #onChange = (events: readonly ChangeEvent[]): void => {
     if (this.#destroyed) return
+    const removed: DnsRecord[] = []
+    const added: DnsRecord[] = []
+    for (const event of events) {
+      if (event.kind !== 'endpoint') continue
+      const before = recordsOf(event.before, this.#config)
+      const after = recordsOf(event.after, this.#config)
+      if (sameRecords(before, after)) continue
+      removed.push(...before)
+      added.push(...after)
+    }
+    if (removed.length === 0 && added.length === 0) return
     try {
-      const records = endpointRecords(this.#store.state, this.#config)
-      const signature = recordsSignature(records)
-      if (signature === this.#signature) return
       const serial = nextSerial(this.#serial)
-      const zone = this.#compile(records, serial)
+      this.#zone = this.#live.update(removed, added, serial)
       this.#serial = serial
-      this.#signature = signature
-      this.#zone = zone
-      this.#logger.debug({ records: zone.records.length, serial }, 'dns zone updated')
+      this.#logger.debug({ removed: removed.length, added: added.length, serial }, 'dns zone updated')
     } catch (err) {
-      // Keep answering from the previous zone rather than die on a record we cannot encode.
-      this.#logger.error({ err }, 'dns zone rebuild failed; previous zone kept')
+      // Keep answering rather than die on a record we cannot encode.
+      this.#logger.error({ err }, 'dns zone update failed')
     }
   }
 
-  #compile (records: ReturnType<typeof endpointRecords>, serial = this.#serial): DnsZone {
-    return buildZone(records, this.#config, {
-      serial,
+  /** The whole zone from the store's state (at construction and start only). */
+  #compile (): LiveZone {
+    const live = new LiveZone(this.#config, {
       onSkip: (record, reason) => {
         this.#logger.warn({ name: record.name, address: record.address, reason }, 'dns record not published')
       }
     })
+    live.update([], endpointRecords(this.#store.state, this.#config), this.#serial)
+    return live
   }
 
   // ---- metrics ----
@@ -497,4 +500,8 @@ class TcpSession {
     if (this.#peerEnded && this.#inflight === 0) this.#socket.end()
     else this.#flow()
   }
+}
+
+function sameRecords (x: readonly DnsRecord[], y: readonly DnsRecord[]): boolean {
+  return x.length === y.length && x.every((r, i) => r.name === y[i]?.name && r.address === y[i]?.address)
 }

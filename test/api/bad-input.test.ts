@@ -1,8 +1,8 @@
 // Table-driven bad input for the control API: each case must get the right status and error
 // code, a message that names the field, and leave the state (memory and disk) untouched.
-import { readFile } from 'node:fs/promises'
 import t from 'tap'
 import { CONSUMER, OTHER, PROVIDER, startApi, tcpService } from '../helpers/api-harness.ts'
+import { readStateOnDisk } from '../helpers/state-on-disk.ts'
 
 interface Fixture { svc: any, hidden: any, ep: any, epB: any }
 
@@ -147,7 +147,7 @@ t.test('bad input is refused with a named field and changes nothing', async (t) 
 
   for (const c of cases) {
     const beforeMemory = JSON.stringify(api.store.state)
-    const beforeDisk = await readFile(api.store.file, 'utf8')
+    const beforeDisk = JSON.stringify(readStateOnDisk(api.store.file))
     const path = typeof c.path === 'function' ? c.path(f) : c.path
     const body = typeof c.body === 'function' ? (c.body as (f: Fixture) => unknown)(f) : c.body
     const res = await api.call(c.method, path, { token: c.token, body, raw: c.raw })
@@ -155,6 +155,6 @@ t.test('bad input is refused with a named field and changes nothing', async (t) 
     t.equal(res.body?.error?.code, c.code, `${c.name}: code`)
     t.match(res.body?.error?.message, c.field, `${c.name}: message names the field (${String(res.body?.error?.message)})`)
     t.equal(JSON.stringify(api.store.state), beforeMemory, `${c.name}: state unchanged`)
-    t.equal(await readFile(api.store.file, 'utf8'), beforeDisk, `${c.name}: state file unchanged`)
+    t.equal(JSON.stringify(readStateOnDisk(api.store.file)), beforeDisk, `${c.name}: state on disk unchanged`)
   }
 })

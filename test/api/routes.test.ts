@@ -1,5 +1,6 @@
 import t from 'tap'
 import { CONSUMER, OTHER, PROVIDER, startApi, tcpService } from '../helpers/api-harness.ts'
+import { readStateOnDisk } from '../helpers/state-on-disk.ts'
 
 t.test('healthz answers without a token', async (t) => {
   const api = await startApi(t)
@@ -199,10 +200,9 @@ t.test('endpoints: list, patch allowedSources and privateDns', async (t) => {
   t.same(patched.body.dnsNames, [])
 })
 
-t.test('every acknowledged change is in the state file', async (t) => {
+t.test('every acknowledged change is in the state database', async (t) => {
   const api = await startApi(t)
   const svc = (await api.call('POST', '/v1/endpoint-services', { body: tcpService() })).body
-  const { readFile } = await import('node:fs/promises')
-  const doc = JSON.parse(await readFile(api.store.file, 'utf8'))
+  const doc = readStateOnDisk(api.store.file)
   t.equal(doc.services[svc.id].serviceName, svc.serviceName)
 })

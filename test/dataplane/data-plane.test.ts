@@ -307,7 +307,7 @@ t.test('a removed backend and a deleted service leave no per-backend series behi
   await deleteEndpoint(store, endpoint.id)
   await store.transact((draft) => {
     delete draft.services[service.id]
-    return { result: undefined, events: [{ kind: 'service', action: 'deleted', id: service.id }] }
+    return undefined
   })
   await waitFor(async () => !(await series()).includes(b.id), 1000, 'series of the deleted service gone')
   const histogram = await fx.metrics.registry.getSingleMetricAsString('linkgate_backend_connect_duration_seconds')

@@ -15,7 +15,8 @@ import { Registry } from 'prom-client'
 import { buildConfig } from '../../src/config/load-config.ts'
 import type { Endpoint, EndpointStatus, State } from '../../src/control/model.ts'
 import type { Config } from '../../src/control/schemas.ts'
-import { Store } from '../../src/control/store.ts'
+import type { Store } from '../../src/control/store.ts'
+import { SqliteStore } from '../../src/control/store-sqlite.ts'
 import { DnsServer, type DnsServerOptions } from '../../src/dns/server.ts'
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.ts'
 
@@ -66,7 +67,7 @@ export function zonalName (ep: Pick<Endpoint, 'id' | 'serviceId' | 'zone'>, conf
 export async function putEndpoint (store: Store, ep: Endpoint, action: 'created' | 'updated' = 'created'): Promise<void> {
   await store.transact((draft) => {
     draft.endpoints[ep.id] = ep
-    return { result: undefined, events: [{ kind: 'endpoint', action, id: ep.id }] }
+    return undefined
   })
 }
 
@@ -75,14 +76,14 @@ export async function setStatus (store: Store, id: string, status: EndpointStatu
     const ep = draft.endpoints[id]
     if (ep === undefined) throw new Error(`no endpoint ${id}`)
     draft.endpoints[id] = { ...ep, status }
-    return { result: undefined, events: [{ kind: 'endpoint', action: 'updated', id }] }
+    return undefined
   })
 }
 
 export async function deleteEndpoint (store: Store, id: string): Promise<void> {
   await store.transact((draft) => {
     delete draft.endpoints[id]
-    return { result: undefined, events: [{ kind: 'endpoint', action: 'deleted', id }] }
+    return undefined
   })
 }
 
@@ -109,7 +110,7 @@ export async function startDns (t: TestLike, options: FixtureOptions): Promise<D
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const listen = net.isIPv6(options.host) ? `[${options.host}]:0` : `${options.host}:0`
   const config = buildConfig({ listen: { dns: listen }, ...options.config })
-  const store = await Store.open(dir)
+  const store = await SqliteStore.open(dir)
   for (const ep of options.endpoints ?? []) await putEndpoint(store, ep)
   const metrics = createMetrics(new Registry(), { defaultMetrics: false })
   const server = new DnsServer({ config, store, metrics, logger: pino({ level: 'silent' }), ...options.server })

@@ -10,7 +10,8 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import t, { type Test } from 'tap'
 import { buildConfig } from '../../src/config/load-config.ts'
-import { Store } from '../../src/control/store.ts'
+import type { Store } from '../../src/control/store.ts'
+import { SqliteStore } from '../../src/control/store-sqlite.ts'
 import { DnsServer } from '../../src/dns/server.ts'
 import { createMetrics } from '../../src/metrics/metrics.ts'
 import {
@@ -248,7 +249,7 @@ async function udpAnswers (address: string, port: number): Promise<boolean> {
 async function bareServer (t: Test, listen: string): Promise<DnsServer> {
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-dns-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const store = await Store.open(dir)
+  const store = await SqliteStore.open(dir)
   const server = new DnsServer({ config: buildConfig({ listen: { dns: listen } }), store, metrics: createMetrics(new Registry(), { defaultMetrics: false }), logger: pino({ level: 'silent' }) })
   t.teardown(() => server.close())
   return server

@@ -9,7 +9,8 @@ import { Registry } from 'prom-client'
 import { buildApiServer } from '../../src/api/server.ts'
 import { buildConfig } from '../../src/config/load-config.ts'
 import { ControlPlane } from '../../src/control/control-plane.ts'
-import { Store } from '../../src/control/store.ts'
+import { SqliteStore } from '../../src/control/store-sqlite.ts'
+import { UpstreamState } from '../../src/dataplane/upstream/upstream-state.ts'
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.ts'
 
 export const PROVIDER = { id: '100000000001', token: 'provider-dev-token' }
@@ -23,7 +24,7 @@ export interface Reply {
 
 export interface ApiHarness {
   url: string
-  store: Store
+  store: SqliteStore
   control: ControlPlane
   metrics: Metrics
   call (method: string, path: string, options?: { token?: string | null, body?: unknown, raw?: string, headers?: Record<string, string> }): Promise<Reply>
@@ -43,8 +44,8 @@ export async function startApi (t: Teardown, partial: Record<string, unknown> = 
     ],
     ...partial
   })
-  const store = await Store.open(dir)
-  const control = new ControlPlane(config, store)
+  const store = await SqliteStore.open(dir)
+  const control = new ControlPlane(config, store, new UpstreamState())
   const metrics = createMetrics(new Registry(), { defaultMetrics: false })
   const app = buildApiServer({ control, metrics, logger: pino({ level: 'silent' }) })
   await app.listen({ host: '127.0.0.1', port: 0 })

@@ -11,7 +11,8 @@ import { Registry } from 'prom-client'
 import { buildConfig } from '../../src/config/load-config.ts'
 import type { Backend, ChangeEvent, Endpoint, EndpointService, EndpointStatus, PortMapping } from '../../src/control/model.ts'
 import type { Config } from '../../src/control/schemas.ts'
-import { Store } from '../../src/control/store.ts'
+import type { Store } from '../../src/control/store.ts'
+import { SqliteStore } from '../../src/control/store-sqlite.ts'
 import type { AccessLog, AccessLogEntry } from '../../src/dataplane/access-log.ts'
 import { disabledAccessLog } from '../../src/dataplane/access-log.ts'
 import { DataPlane, type DataPlaneOptions } from '../../src/dataplane/data-plane.ts'
@@ -90,25 +91,23 @@ export async function tempDir (t: Teardown, prefix = 'linkgate-dp-'): Promise<st
   return dir
 }
 
-export async function openStore (t: Teardown): Promise<Store> {
-  return Store.open(await tempDir(t))
+export async function openStore (t: Teardown): Promise<SqliteStore> {
+  return SqliteStore.open(await tempDir(t))
 }
 
-// ---- changes, driven through store.transact with the events the control plane would emit ----
+// ---- changes, driven through store.transact as the control plane drives them ----
 
 export function putService (store: Store, service: EndpointService): Promise<void> {
   return store.transact((draft) => {
-    const action = draft.services[service.id] === undefined ? 'created' : 'updated'
     draft.services[service.id] = service
-    return { result: undefined, events: [{ kind: 'service', action, id: service.id }] }
+    return undefined
   })
 }
 
 export function putEndpoint (store: Store, endpoint: Endpoint): Promise<void> {
   return store.transact((draft) => {
-    const action = draft.endpoints[endpoint.id] === undefined ? 'created' : 'updated'
     draft.endpoints[endpoint.id] = endpoint
-    return { result: undefined, events: [{ kind: 'endpoint', action, id: endpoint.id }] }
+    return undefined
   })
 }
 
@@ -118,8 +117,7 @@ export function updateService (store: Store, id: string, change: (s: EndpointSer
     if (current === undefined) throw new Error(`no service ${id}`)
     const next = { ...current, ...change(current) }
     draft.services[id] = next
-    const events: ChangeEvent[] = [{ kind: 'service', action: 'updated', id }]
-    return { result: next, events }
+    return next
   })
 }
 
@@ -129,14 +127,14 @@ export function updateEndpoint (store: Store, id: string, change: Partial<Endpoi
     if (current === undefined) throw new Error(`no endpoint ${id}`)
     const next = { ...current, ...change }
     draft.endpoints[id] = next
-    return { result: next, events: [{ kind: 'endpoint', action: 'updated', id }] }
+    return next
   })
 }
 
 export function deleteEndpoint (store: Store, id: string): Promise<void> {
   return store.transact((draft) => {
     delete draft.endpoints[id]
-    return { result: undefined, events: [{ kind: 'endpoint', action: 'deleted', id }] }
+    return undefined
   })
 }
 

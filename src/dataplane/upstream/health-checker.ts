@@ -24,7 +24,7 @@
 // backends never probe in lockstep; then one check per interval, start to start (a check
 // never overlaps the next). Every timer is unref'd; close() aborts in-flight probes.
 import type { Logger } from 'pino'
-import { healthCheckPort, type Backend, type ChangeEvent, type EndpointService, type HealthCheck, type State } from '../../control/model.ts'
+import { healthCheckPort, type Backend, type ChangeEvent, type EndpointService, type HealthCheck } from '../../control/model.ts'
 import type { Store } from '../../control/store.ts'
 import type { Metrics } from '../../metrics/metrics.ts'
 import { LogLimiter } from '../socket-errors.ts'
@@ -156,6 +156,7 @@ export class HealthChecker {
   readonly #passiveEjectionMs: number
   readonly #services = new Map<string, ServiceEntry>()
   readonly #localTroubleLog = new LogLimiter(60_000)
+  #unsubscribe: (() => void) | undefined
   #started = false
   #closed = false
   #closing: Promise<void> | undefined
@@ -172,7 +173,7 @@ export class HealthChecker {
     if (this.#started || this.#closed) return
     this.#started = true
     this.#upstream.on('transition', this.#onTransition)
-    this.#store.on('change', this.#onChange)
+    this.#unsubscribe = this.#store.subscribe(this.#onChange)
     for (const service of Object.values(this.#store.state.services)) this.#reconcile(service.id, service)
   }
 
@@ -189,7 +190,7 @@ export class HealthChecker {
 
   #stopAll (): Array<Promise<void>> {
     this.#closed = true
-    this.#store.off('change', this.#onChange)
+    this.#unsubscribe?.()
     this.#upstream.off('transition', this.#onTransition)
     const pending: Array<Promise<void>> = []
     for (const service of this.#services.values()) {
@@ -204,13 +205,15 @@ export class HealthChecker {
     return pending
   }
 
-  readonly #onChange = (event: ChangeEvent, state: State): void => {
-    if (event.kind !== 'service') return
-    // A throw here would surface in Store.transact after the change is on disk: log it instead.
-    try {
-      this.#reconcile(event.id, state.services[event.id])
-    } catch (err) {
-      this.#logger.error({ err, serviceId: event.id }, 'health checker: cannot apply service change')
+  readonly #onChange = (events: readonly ChangeEvent[]): void => {
+    for (const event of events) {
+      if (event.kind !== 'service') continue
+      // A throw here would reach the store after the change is committed: log it instead.
+      try {
+        this.#reconcile(event.id, event.after)
+      } catch (err) {
+        this.#logger.error({ err, serviceId: event.id }, 'health checker: cannot apply service change')
+      }
     }
   }
 

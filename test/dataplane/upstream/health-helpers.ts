@@ -7,7 +7,8 @@ import { performance } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
 import { Registry } from 'prom-client'
 import type { Backend, BackendHealth, EndpointService, HealthCheck, PortMapping } from '../../../src/control/model.ts'
-import { Store } from '../../../src/control/store.ts'
+import type { Store } from '../../../src/control/store.ts'
+import { SqliteStore } from '../../../src/control/store-sqlite.ts'
 import { createMetrics, type Metrics } from '../../../src/metrics/metrics.ts'
 import { HealthChecker } from '../../../src/dataplane/upstream/health-checker.ts'
 import { UpstreamState, type HealthTransition } from '../../../src/dataplane/upstream/upstream-state.ts'
@@ -158,21 +159,21 @@ export function serviceOf (id: string, opts: {
 export async function putService (store: Store, service: EndpointService, action: 'created' | 'updated' = 'created'): Promise<void> {
   await store.transact((draft) => {
     draft.services[service.id] = service
-    return { result: undefined, events: [{ kind: 'service', action, id: service.id }] }
+    return undefined
   })
 }
 
 export async function updateService (store: Store, id: string, change: (s: EndpointService) => EndpointService): Promise<void> {
   await store.transact((draft) => {
     draft.services[id] = change(draft.services[id] as EndpointService)
-    return { result: undefined, events: [{ kind: 'service', action: 'updated', id }] }
+    return undefined
   })
 }
 
 export async function deleteService (store: Store, id: string): Promise<void> {
   await store.transact((draft) => {
     delete draft.services[id]
-    return { result: undefined, events: [{ kind: 'service', action: 'deleted', id }] }
+    return undefined
   })
 }
 
@@ -185,7 +186,7 @@ export interface Harness {
 
 /** Store + UpstreamState + metrics + a started checker, all torn down with the test. */
 export async function harness (t: TestLike, opts: { passiveEjectionSeconds?: number, logger?: Logger } = {}): Promise<Harness> {
-  const store = await Store.open(t.testdir())
+  const store = await SqliteStore.open(t.testdir())
   const upstream = new UpstreamState()
   const metrics = createMetrics(new Registry(), { defaultMetrics: false })
   const checker = new HealthChecker({ store, upstream, metrics, logger: opts.logger ?? pino({ level: 'silent' }), passiveEjectionSeconds: opts.passiveEjectionSeconds })
