@@ -7,7 +7,8 @@ import t, { type Test } from 'tap'
 import { buildConfig } from '../../src/config/load-config.ts'
 import { ControlPlane, type Caller } from '../../src/control/control-plane.ts'
 import { endpointTransitions, type EndpointStatus } from '../../src/control/model.ts'
-import { Store } from '../../src/control/store.ts'
+import type { Store } from '../../src/control/store.ts'
+import { SqliteStore } from '../../src/control/store-sqlite.ts'
 
 const provider: Caller = { id: '100000000001', name: 'provider' }
 const consumer: Caller = { id: '100000000002', name: 'consumer' }
@@ -21,8 +22,9 @@ async function plane (t: Test, partial: Record<string, unknown> = {}): Promise<{
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-cp-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const config = buildConfig({ stateDir: dir, subnets: [{ id: 'subnet-a', cidr: '127.70.16.0/24', zone: 'zone-a' }], ...partial })
-  const store = await Store.open(dir)
-  return { control: new ControlPlane(config, store), store, dir }
+  const store = await SqliteStore.open(dir)
+  t.teardown(() => store.close())
+  return { control: new ControlPlane(config, store, { backendHealth: () => 'unknown' }), store, dir }
 }
 
 t.test('patchService: {healthCheck: {unhealthyThreshold: 4}} keeps every other healthCheck field', async (t) => {
@@ -36,19 +38,25 @@ t.test('patchService: {healthCheck: {unhealthyThreshold: 4}} keeps every other h
 t.test('patchService checks timeout < interval on the merged result and names the field', async (t) => {
   const { control, store } = await plane(t)
   const svc = await control.createService(provider, service({ healthCheck: { intervalSeconds: 10, timeoutSeconds: 5 } }))
-  const before = store.state
+  const before = JSON.stringify(store.state)
+  let commits = 0
+  store.subscribe(() => { commits++ })
   await t.rejects(control.patchService(provider, svc.id, { healthCheck: { intervalSeconds: 5 } }),
     { code: 'InvalidParameter', message: /^healthCheck\.timeoutSeconds: must be less than intervalSeconds \(5 >= 5\)/ })
-  t.equal(store.state, before, 'the same state object: nothing was written')
+  t.equal(JSON.stringify(store.state), before, 'the state is unchanged')
+  t.equal(commits, 0, 'nothing was written')
 })
 
 t.test('a PATCH that changes nothing writes nothing', async (t) => {
   const { control, store } = await plane(t)
   const svc = await control.createService(provider, service())
-  const before = store.state
+  const before = JSON.stringify(store.state)
+  let commits = 0
+  store.subscribe(() => { commits++ })
   await control.patchService(provider, svc.id, { acceptanceRequired: false })
   await control.patchService(provider, svc.id, {})
-  t.equal(store.state, before)
+  t.equal(JSON.stringify(store.state), before)
+  t.equal(commits, 0, 'no change was committed')
 })
 
 t.test('deleteService fails pending and rejected endpoints, each change allowed by the status table', async (t) => {
@@ -59,7 +67,8 @@ t.test('deleteService fails pending and rejected endpoints, each change allowed 
   await control.decideConnection(provider, svc.id, rejected.id, 'rejected')
   const seen: Array<[EndpointStatus, EndpointStatus]> = []
   let last = new Map(Object.values(store.state.endpoints).map((e) => [e.id, e.status]))
-  store.on('change', (_event, state) => {
+  store.subscribe(() => {
+    const state = store.state
     for (const ep of Object.values(state.endpoints)) {
       const was = last.get(ep.id)
       if (was !== undefined && was !== ep.status) seen.push([was, ep.status])
