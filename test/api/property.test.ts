@@ -10,6 +10,12 @@ import { isUnderV1 } from '../../src/api/request-path.ts'
 import { CONSUMER, OTHER, PROVIDER, startApi, tcpService, type ApiHarness } from '../helpers/api-harness.ts'
 import { rawCall } from '../helpers/raw-http.ts'
 
+/** The database and its write-ahead log, byte for byte: a commit changes one or the other. */
+async function onDisk (file: string): Promise<string> {
+  const [db, wal] = await Promise.all([readFile(file, 'latin1').catch(() => ''), readFile(`${file}-wal`, 'latin1').catch(() => '')])
+  return db + '\0' + wal
+}
+
 const DOCUMENTED = new Set([200, 201, 204, 400, 401, 403, 404, 408, 409, 413])
 const CODE_STATUS: Record<string, number> = {
   InvalidParameter: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409, QuotaExceeded: 409, PayloadTooLarge: 413
@@ -211,7 +217,7 @@ t.test('generated requests: documented statuses, the error envelope, never 500, 
       ? undefined
       : r.body.kind === 'raw' ? r.body.text : JSON.stringify(fill(api, r.body.value, r.ids.n))
     const beforeMemory = JSON.stringify(api.store.state)
-    const beforeDisk = await readFile(api.store.file, 'utf8').catch(() => '')
+    const beforeDisk = await onDisk(api.store.file)
     const res = await rawCall(api.url, r.method, path, headers, text)
     requests++
     statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1)
@@ -225,7 +231,7 @@ t.test('generated requests: documented statuses, the error envelope, never 500, 
         if (/\n\s+at /.test(err.message)) throw new Error(`a stack in the body: ${what}`)
       }
       if (JSON.stringify(api.store.state) !== beforeMemory) throw new Error(`refused, but the state changed: ${what}`)
-      if (await readFile(api.store.file, 'utf8').catch(() => '') !== beforeDisk) throw new Error(`refused, but the file changed: ${what}`)
+      if (await onDisk(api.store.file) !== beforeDisk) throw new Error(`refused, but the file changed: ${what}`)
     }
     if (!VALID_TOKEN.has(authorization ?? '') && isUnderV1(path) && res.status !== 401) {
       throw new Error(`a /v1 path answered without a valid token: ${what}`)
