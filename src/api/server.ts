@@ -6,6 +6,7 @@ import type { Logger } from 'pino'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
 import { internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, type LinkgateError } from '../errors.ts'
 import type { Metrics } from '../metrics/metrics.ts'
+import { documentRoutes, isPublicRoute, OPENAPI_PATH } from './openapi.ts'
 
 export const BODY_LIMIT = 1024 * 1024
 
@@ -52,7 +53,7 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
 
   app.decorateRequest('caller', null)
   app.addHook('onRequest', async (request) => {
-    if (request.url.startsWith('/v1/') || request.url === '/v1') {
+    if ((request.url.startsWith('/v1/') || request.url === '/v1') && !isPublicRoute(request.routeOptions.config)) {
       request.caller = control.authenticate(request.headers.authorization)
     }
   })
@@ -77,6 +78,9 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
     return send(reply, internalError())
   })
 
+  // Before the first route: every route below gets its OpenAPI documentation (src/api/openapi.ts).
+  documentRoutes(app)
+
   const who = (request: FastifyRequest): Caller => request.caller as Caller
   const p = (request: FastifyRequest): Params => request.params as Params
 
@@ -85,6 +89,9 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
     const text = await metrics.registry.metrics()
     return reply.type(metrics.registry.contentType).send(text)
   })
+
+  // The API's own description (SPEC §14), readable without a token.
+  app.get(OPENAPI_PATH, { config: { public: true } }, async () => app.swagger())
 
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>
