@@ -2,7 +2,7 @@
 // Dependencies run one way: api -> control <- dataplane, dns. The data plane reports bind
 // failures through a callback wired here, so it never writes to the control plane itself.
 import type { AddressInfo } from 'node:net'
-import pino, { type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
 import { ControlPlane } from './control/control-plane.ts'
@@ -13,6 +13,7 @@ import { createAccessLog } from './dataplane/access-log.ts'
 import { DataPlane } from './dataplane/data-plane.ts'
 import { createUdpListener } from './dataplane/udp-proxy.ts'
 import { HealthChecker } from './dataplane/upstream/health-checker.ts'
+import { createLogger } from './logger.ts'
 import { UpstreamState } from './dataplane/upstream/upstream-state.ts'
 import { DemoBackends, demoResources } from './demo/demo-backends.ts'
 import { DnsServer } from './dns/server.ts'
@@ -49,7 +50,7 @@ export interface App {
 }
 
 export function buildApp (config: Config, options: AppOptions = {}): App {
-  const logger = options.logger ?? pino({ level: config.log.level })
+  const logger = options.logger ?? createLogger(config.log)
   const metrics = createMetrics(options.registry ?? new Registry())
   const upstream = new UpstreamState()
   const accessLog = createAccessLog(config.log.access)
