@@ -91,7 +91,9 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
   })
 
   // The API's own description (SPEC §14), readable without a token.
-  app.get(OPENAPI_PATH, { config: { public: true } }, async () => app.swagger())
+  let openapiText: string | undefined // built once, on first request: the routes are fixed by then
+  app.get(OPENAPI_PATH, { config: { public: true } }, async (_request, reply) =>
+    reply.type('application/json; charset=utf-8').send(openapiText ??= JSON.stringify(app.swagger())))
 
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>

@@ -29,6 +29,24 @@ export interface ApiClientOptions {
   readonly timeoutMs?: number
 }
 
+/** No answer of the API comes near this (a page of 1,000 services is a few MiB). */
+const MAX_ANSWER_BYTES = 64 << 20
+
+async function readCapped (res: Response, what: string): Promise<string> {
+  if (res.body === null) return ''
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+    size += chunk.byteLength
+    if (size > MAX_ANSWER_BYTES) {
+      await res.body.cancel().catch(() => {})
+      throw new TransportError(`${what}: answer larger than ${MAX_ANSWER_BYTES} bytes`)
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
 /** A list never needs more pages than this; a server that keeps answering is broken. */
 const MAX_PAGES = 100_000
 
@@ -61,7 +79,7 @@ export class ApiClient {
       const why = cause?.code ?? cause?.message ?? (err as Error).message
       throw new TransportError(`cannot reach the control API at ${this.#base} (${why}); set --api or LINKGATE_API`)
     }
-    const text = await res.text()
+    const text = await readCapped(res, `${method} ${url}`)
     let parsed: unknown
     if (text !== '') {
       try {

@@ -78,7 +78,14 @@ interface Ctx {
   readonly io: CliIo
 }
 
-const seg = encodeURIComponent
+/**
+ * One path segment. `.` and `..` are refused: URL parsing would resolve them, so
+ * `backends remove SVC ..` would become DELETE /v1/endpoint-services/SVC, the whole service.
+ */
+function seg (value: string): string {
+  if (value === '.' || value === '..' || value === '') throw usage(`${JSON.stringify(value)} is not an id`)
+  return encodeURIComponent(value)
+}
 
 // ---- what the API answers, as far as the tables need it ----
 interface PortMapping { protocol: string, servicePort: number, terminalPort: number }
@@ -135,7 +142,8 @@ function pick (value: unknown, path: ReadonlyArray<string | number>): string {
   let at: unknown = value
   for (const key of path) at = at !== null && typeof at === 'object' ? (at as Record<string | number, unknown>)[key] : undefined
   if (at === undefined || at === null) return ''
-  return typeof at === 'object' ? JSON.stringify(at) : String(at)
+  // One line per resource: a value never moves the terminal's cursor or adds a line.
+  return (typeof at === 'object' ? JSON.stringify(at) : String(at)).replace(/[\x00-\x1f\x7f]/g, '?')
 }
 
 /** Prints one answer in the chosen form; `ids` says what `-o id` prints. */
@@ -459,7 +467,7 @@ export async function runCli (argv: readonly string[], io: CliIo): Promise<numbe
     if (o === 'table' || o === 'json' || o === 'id') output = o
     else if (o.startsWith('jsonpath=')) output = parseJsonPath(o.slice('jsonpath='.length))
     else throw usage(`-o ${JSON.stringify(o)}: expected table, json, id or jsonpath={.FIELD}`)
-    const api = values.api ?? io.env.LINKGATE_API ?? DEFAULT_API
+    const api = values.api ?? (io.env.LINKGATE_API || undefined) ?? DEFAULT_API
     let url: URL
     try { url = new URL(api) } catch { throw usage(`--api ${JSON.stringify(api)}: not a URL (e.g. ${DEFAULT_API})`) }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw usage(`--api ${JSON.stringify(api)}: expected an http:// or https:// URL`)

@@ -8,6 +8,7 @@ import { createServer as createHttpServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { runCli } from '../../src/cli/cli.ts'
 import { api, MAIN, startGateway, writeConfig, type Gateway } from '../helpers/gateway-process.ts'
 
 const PROVIDER = 'provider-dev-token'
@@ -15,6 +16,18 @@ const CONSUMER = 'consumer-dev-token'
 const CONSUMER_ID = '100000000002'
 
 interface Result { code: number, stdout: string, stderr: string }
+
+async function inProcess (args: string[], env: NodeJS.ProcessEnv): Promise<Result> {
+  let stdout = ''
+  let stderr = ''
+  const code = await runCli(args, {
+    stdout: (text) => { stdout += text },
+    stderr: (text) => { stderr += text },
+    readStdin: async () => '',
+    env
+  })
+  return { code, stdout, stderr }
+}
 
 function cli (args: string[], options: { env?: NodeJS.ProcessEnv, input?: string } = {}): Promise<Result> {
   return new Promise((resolve) => {
@@ -28,7 +41,7 @@ function cli (args: string[], options: { env?: NodeJS.ProcessEnv, input?: string
   })
 }
 
-async function gateway (t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<{ gw: Gateway, env: NodeJS.ProcessEnv, backendPort: number }> {
+async function gateway (t: { teardown (fn: () => unknown): void }): Promise<{ gw: Gateway, env: NodeJS.ProcessEnv, backendPort: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-cli-api-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const echo = createServer((s) => { s.on('error', () => {}); s.pipe(s) })
@@ -90,6 +103,10 @@ t.test('the provider and consumer steps, each one command, with tables and ids',
   t.equal(z.stdout, 'zone-a\n')
   const backends = await cli(['get', 'backends', svcId, ...P, '-o', 'id'], { env })
   t.equal(backends.stdout.trim().split('\n').length, 2)
+  const dotdot = await cli(['backends', 'remove', svcId, '..', ...P], { env })
+  t.equal(dotdot.code, 2, '.. is no backend id: refused before URL parsing turns it into the service')
+  t.match(dotdot.stderr, /"\.\." is not an id/)
+  t.equal((await api(gw, 'GET', `/v1/endpoint-services/${svcId}`, PROVIDER)).status, 200, 'the service is still there')
   const removed = await cli(['backends', 'remove', svcId, beId, ...P], { env })
   t.equal(removed.stdout, `backend ${beId} removed from ${svcId}\n`)
 
@@ -195,8 +212,10 @@ t.test('usage errors exit 2 with the usage, and send nothing', async (t) => {
     [['backends', 'frob', '--token', PROVIDER], /backends: unknown action "frob"/],
     [['get', 'services', '--api', 'ftp://127.75.0.1/', '--token', PROVIDER], /expected an http:\/\/ or https:\/\/ URL/]
   ]
-  for (const [args, message] of cases) {
-    const r = await cli(args, { env })
+  // The first three as processes (the exit code as a shell sees it), the rest through runCli
+  // itself with captured output: the same code, without a process start each.
+  for (const [i, [args, message]] of cases.entries()) {
+    const r = i < 3 ? await cli(args, { env }) : await inProcess(args, env)
     t.equal(r.code, 2, `${args.join(' ')}: exit 2`)
     t.match(r.stderr, message, `${args.join(' ')}: names the problem`)
     t.match(r.stderr, /linkgate get services\|endpoints\|connections \[ID\]/, `${args.join(' ')}: prints the usage`)
