@@ -14,6 +14,7 @@ import {
   AccountId, AllowedAccount, AllowedAccountBody, BackendId, BackendInput, BackendList, BackendPatch, EndpointCreate,
   EndpointId, EndpointPatch, HealthCheckInput, IpAddress, PortMappingSchema, ServiceCreate, ServiceId, ServicePatch, Zone
 } from '../control/schemas.ts'
+import { DOCS_PATH } from './docs-page.ts'
 
 export const OPENAPI_PATH = '/v1/openapi.json'
 
@@ -108,6 +109,7 @@ const Refused = Type.Unsafe({
   description: 'InvalidParameter 400 (bad JSON, unknown field, out-of-range value), Unauthorized 401, ' +
     "Forbidden 403 (not in the service's allowedAccounts), NotFound 404, Conflict or QuotaExceeded 409, PayloadTooLarge 413"
 })
+const HtmlPage = Type.Unsafe({ description: 'HTML', content: { 'text/html': { schema: { type: 'string' } } } })
 const MetricsText = Type.Unsafe({
   description: 'Prometheus text exposition format',
   content: { 'text/plain': { schema: { type: 'string' } } }
@@ -129,6 +131,7 @@ interface Doc {
 const docs: Record<string, Doc> = {
   'GET /healthz': { summary: 'Liveness: {"status":"ok"}', tags: ['operations'], public: true, ok: { 200: Type.Object({ status: Type.Literal('ok') }) } },
   'GET /metrics': { summary: 'Prometheus metrics (text format, SPEC §7)', tags: ['operations'], public: true, ok: { 200: MetricsText } },
+  [`GET ${DOCS_PATH}`]: { summary: 'This document as a page for people (no asset from elsewhere)', tags: ['operations'], public: true, ok: { 200: HtmlPage } },
   [`GET ${OPENAPI_PATH}`]: { summary: 'This OpenAPI 3.1 document', tags: ['operations'], public: true, ok: { 200: Type.Object({}, { additionalProperties: true }) } },
 
   'POST /v1/endpoint-services': { summary: 'Create an endpoint service', tags: ['provider'], body: ServiceCreate, ok: { 201: ServiceOut } },

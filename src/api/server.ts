@@ -6,6 +6,7 @@ import type { Logger } from 'pino'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
 import { internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, type LinkgateError } from '../errors.ts'
 import type { Metrics } from '../metrics/metrics.ts'
+import { DOCS_CSP, DOCS_HTML, DOCS_PATH } from './docs-page.ts'
 import { documentRoutes, isPublicRoute, OPENAPI_PATH } from './openapi.ts'
 
 export const BODY_LIMIT = 1024 * 1024
@@ -94,6 +95,8 @@ export function buildApiServer ({ control, metrics, logger }: ApiOptions): Fasti
   let openapiText: string | undefined // built once, on first request: the routes are fixed by then
   app.get(OPENAPI_PATH, { config: { public: true } }, async (_request, reply) =>
     reply.type('application/json; charset=utf-8').send(openapiText ??= JSON.stringify(app.swagger())))
+  app.get(DOCS_PATH, { config: { public: true } }, async (_request, reply) =>
+    reply.type('text/html; charset=utf-8').header('content-security-policy', DOCS_CSP).send(DOCS_HTML))
 
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>

@@ -126,3 +126,19 @@ t.test('documentation schemas do not validate or reshape: the control plane stil
   t.equal(again.status, 400)
   t.match(again.body.error.message, /colour/, 'an unknown field is still named')
 })
+
+t.test('GET /v1/docs: a page for people, self-contained, without a token', async (t) => {
+  const api = await startApi(t)
+  const res = await fetch(`${api.url}/v1/docs`)
+  t.equal(res.status, 200)
+  t.match(res.headers.get('content-type'), /^text\/html/)
+  const csp = res.headers.get('content-security-policy') ?? ''
+  t.match(csp, /default-src 'none'/, 'the browser is told to load nothing from elsewhere')
+  t.match(csp, /connect-src 'self'/, 'only this gateway may be fetched (the document)')
+  const html = await res.text()
+  t.notMatch(html, /(src|href)=["']?(https?:)?\/\//i, 'no script, style or link from another host')
+  t.notMatch(html, /\.innerHTML|insertAdjacentHTML|document\.write/, 'text from the document is never parsed as HTML')
+  const script = /<script>([\s\S]*?)<\/script>/.exec(html)?.[1] ?? ''
+  t.doesNotThrow(() => new Function(script), 'the inline script is valid JavaScript') // eslint-disable-line no-new-func
+  t.match(script, /fetch\('\/v1\/openapi\.json'\)/, 'it reads the OpenAPI document')
+})
