@@ -177,7 +177,10 @@ export function documentRoutes (app: FastifyInstance): void {
     const method = Array.isArray(route.method) ? route.method[0] : route.method
     const doc = docs[`${String(method)} ${route.url}`]
     if (doc === undefined) return
-    const response: Record<string, TSchema> = { ...doc.ok, ...(doc.public === true ? {} : { '4XX': Refused }) }
+    const response: Record<string, TSchema> = doc.public === true ? {} : { '4XX': Refused }
+    for (const [code, schema] of Object.entries(doc.ok)) {
+      response[code] = schema.description !== undefined ? schema : { ...schema, description: code === '201' ? 'Created' : 'OK' }
+    }
     const described = {
       summary: doc.summary,
       tags: doc.tags,
@@ -210,7 +213,7 @@ export function documentRoutes (app: FastifyInstance): void {
         title: 'linkgate control API',
         version: '1',
         description: 'Endpoint services, endpoints, backends and connections (SPEC §4). ' +
-          'Errors: {"error": {"code", "message"}}. Every /v1 route but this document needs `Authorization: Bearer <token>`.'
+          'Errors: {"error": {"code", "message"}}. Every /v1 route needs `Authorization: Bearer <token>` but this document and its page, /v1/docs.'
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
