@@ -13,11 +13,11 @@ import { createAccessLog } from './dataplane/access-log.ts'
 import { DataPlane } from './dataplane/data-plane.ts'
 import { createUdpListener } from './dataplane/udp-proxy.ts'
 import { HealthChecker } from './dataplane/upstream/health-checker.ts'
-import { createLogger } from './logger.ts'
 import { UpstreamState } from './dataplane/upstream/upstream-state.ts'
 import { DemoBackends, demoResources } from './demo/demo-backends.ts'
 import { DnsServer } from './dns/server.ts'
 import { ConfigError, isLinkgateError } from './errors.ts'
+import { createLogger } from './logger.ts'
 import { createMetrics, type Metrics } from './metrics/metrics.ts'
 
 export interface AppOptions {
