@@ -496,8 +496,19 @@ export async function runCli (argv: readonly string[], io: CliIo): Promise<numbe
 }
 
 /** The process's own streams and environment. */
+let pipeWatched = false
 export const processIo: CliIo = {
-  stdout: (text) => { process.stdout.write(text) },
+  stdout: (text) => {
+    // `linkgate get ... | head`: a reader that went away is the end of the output, not a crash.
+    if (!pipeWatched) {
+      pipeWatched = true
+      process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0)
+        throw err
+      })
+    }
+    process.stdout.write(text)
+  },
   stderr: (text) => { process.stderr.write(text) },
   env: process.env,
   async readStdin () {

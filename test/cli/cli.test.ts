@@ -1,7 +1,7 @@
 // `linkgate get|create|...` against a real gateway process (SPEC §14): what it prints, its exit
 // codes (0 done, 1 the API refused or cannot be reached, 2 usage), `Code: message` on stderr,
 // -o json equal to the API's own answer, files and stdin for -f, and lists read page by page.
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
 import { createServer as createHttpServer } from 'node:http'
@@ -278,4 +278,25 @@ t.test('lists are read to the end by following nextToken, and a repeated token s
   const loop = await cli(['get', 'endpoints'], { env: { LINKGATE_API: apiUrl, LINKGATE_TOKEN: CONSUMER } })
   t.equal(loop.code, 1)
   t.match(loop.stderr, /the server repeated nextToken "page-1"/)
+})
+
+t.test('a reader that stops early (| head) ends the output quietly, exit 0', async (t) => {
+  // 3,000 endpoints of JSON, far more than a pipe holds, from an HTTP server that answers lists.
+  const items = Array.from({ length: 3000 }, (_, i) => ({ id: `vpce-${String(i).padStart(12, '0')}`, serviceId: 'vpcesvc-000000000001', status: 'accepted', ip: '127.75.1.10', zone: 'zone-a', dnsNames: [] }))
+  const server = createHttpServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ items })) })
+  await new Promise<void>((resolve) => server.listen(0, '127.75.0.5', resolve))
+  t.teardown(() => server.close())
+  const apiUrl = `http://127.75.0.5:${(server.address() as AddressInfo).port}`
+  // The reader takes the first chunk and closes its end of the pipe, as `head -c 20` does.
+  const child = spawn(process.execPath, [MAIN, 'get', 'endpoints', '-o', 'json'], {
+    env: { PATH: process.env.PATH, LINKGATE_API: apiUrl, LINKGATE_TOKEN: CONSUMER }, stdio: ['ignore', 'pipe', 'pipe']
+  })
+  t.teardown(() => child.kill('SIGKILL'))
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  child.stdout.once('data', () => child.stdout.destroy())
+  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)))
+  const r = { code, stderr }
+  t.equal(r.stderr, '', `no EPIPE stack: ${r.stderr}`)
+  t.equal(r.code, 0, 'the CLI exits 0 when its reader is gone')
 })
