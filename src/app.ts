@@ -2,7 +2,7 @@
 // Dependencies run one way: api -> control <- dataplane, dns. The data plane reports bind
 // failures through a callback wired here, so it never writes to the control plane itself.
 import type { AddressInfo } from 'node:net'
-import pino, { type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
 import { ControlPlane } from './control/control-plane.ts'
@@ -20,6 +20,7 @@ import { UpstreamState } from './dataplane/upstream/upstream-state.ts'
 import { DemoBackends, demoResources } from './demo/demo-backends.ts'
 import { DnsServer } from './dns/server.ts'
 import { ConfigError, isLinkgateError } from './errors.ts'
+import { createLogger } from './logger.ts'
 import { createMetrics, type Metrics } from './metrics/metrics.ts'
 
 export interface AppOptions {
@@ -52,7 +53,7 @@ export interface App {
 }
 
 export function buildApp (config: Config, options: AppOptions = {}): App {
-  const logger = options.logger ?? pino({ level: config.log.level })
+  const logger = options.logger ?? createLogger(config.log)
   const metrics = createMetrics(options.registry ?? new Registry())
   const upstream = new UpstreamState()
   const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })

@@ -4,6 +4,7 @@
 // limits.shutdownGraceSeconds, exit 0); a second one ends everything at once (exit 1).
 import { parseArgs } from 'node:util'
 import { buildApp, type AppAddresses } from './app.ts'
+import { CLI_USAGE, CLI_VERBS, processIo, runCli } from './cli/cli.ts'
 import { buildConfig, loadConfigFile } from './config/load-config.ts'
 import type { Config } from './control/schemas.ts'
 import { DEMO_ENDPOINT_ID } from './demo/demo-backends.ts'
@@ -99,8 +100,11 @@ async function main (argv: string[]): Promise<void> {
   } else if (command === 'check-config') {
     const { positionals } = parseArgs({ args: rest, allowPositionals: true, strict: true })
     await checkConfig(positionals[0])
+  } else if (command !== undefined && CLI_VERBS.has(command)) {
+    // The control API client (SPEC §14), src/cli/. exitCode, not exit(): piped output drains first.
+    process.exitCode = await runCli(argv, processIo)
   } else if (command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(USAGE + '\n')
+    process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`)
   } else {
     fail(`unknown command ${JSON.stringify(command ?? '')}\n${USAGE}`)
   }

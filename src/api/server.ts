@@ -12,6 +12,8 @@ import {
 import type { Metrics } from '../metrics/metrics.ts'
 import { guardConnections } from './connection-guard.ts'
 import { isUnderV1 } from './request-path.ts'
+import { DOCS_CSP, DOCS_HTML, DOCS_PATH } from './docs-page.ts'
+import { documentRoutes, isPublicRoute, OPENAPI_PATH } from './openapi.ts'
 
 export const BODY_LIMIT = 1024 * 1024
 /** Past the body limit, this much more is read and thrown away so that the client sees the 413 (SPEC §10). */
@@ -140,6 +142,8 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   // 404, so that a caller without a token cannot map the API.
   app.addHook('onRequest', async (request) => {
     const route = request.routeOptions.url
+    // Public routes say so in their route config (the OpenAPI document and its page, SPEC §14).
+    if (route !== undefined && isPublicRoute(request.routeOptions.config)) return
     const protectedRoute = route === undefined ? isUnderV1(request.url) : needsAuth(route)
     if (protectedRoute) request.caller = control.authenticate(request.headers.authorization)
   })
@@ -169,6 +173,9 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
     return send(reply, internalError())
   })
 
+  // Before the first route: every route below gets its OpenAPI documentation (src/api/openapi.ts).
+  documentRoutes(app)
+
   // Defence in depth: a /v1 handler never runs without a caller, whatever the hook decided.
   const who = (request: FastifyRequest): Caller => {
     if (request.caller === null) throw unauthorized()
@@ -181,6 +188,13 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
     const text = await metrics.registry.metrics()
     return reply.type(metrics.registry.contentType).send(text)
   })
+
+  // The API's own description (SPEC §14), readable without a token.
+  let openapiText: string | undefined // built once, on first request: the routes are fixed by then
+  app.get(OPENAPI_PATH, { config: { public: true } }, async (_request, reply) =>
+    reply.type('application/json; charset=utf-8').send(openapiText ??= JSON.stringify(app.swagger())))
+  app.get(DOCS_PATH, { config: { public: true } }, async (_request, reply) =>
+    reply.type('text/html; charset=utf-8').header('content-security-policy', DOCS_CSP).send(DOCS_HTML))
 
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>

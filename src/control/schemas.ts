@@ -172,6 +172,8 @@ export const ConfigSchema = Type.Object({
   // Extensions beyond SPEC §2 (README "Configuration"): logging and the per-connection access log.
   log: Type.Object({
     level: StringEnum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, { default: 'info' }),
+    /** SPEC §14: `auto` is `pretty` when stdout is a terminal, else `json` (one JSON object a line). */
+    format: StringEnum(['auto', 'json', 'pretty'] as const, { default: 'auto' }),
     /** `off`, `stdout`, `stderr`, or a file path: one JSON line per finished TCP connection / UDP flow. */
     access: Type.String({ minLength: 1, default: 'off' })
   }, { ...strict, default: {} })

@@ -26,9 +26,9 @@ async function cleanCopy (): Promise<string> {
   return dir
 }
 
-/** The ```bash blocks of the README's walkthrough section. */
-export function walkthroughBlocks (readme: string): string[] {
-  const start = readme.indexOf('## Walkthrough')
+/** The ```bash blocks of a README section (by default the curl walkthrough, the first one). */
+export function walkthroughBlocks (readme: string, heading = '## Walkthrough'): string[] {
+  const start = readme.indexOf(heading)
   const end = readme.indexOf('\n## ', start + 1)
   const section = readme.slice(start, end < 0 ? undefined : end)
   return [...section.matchAll(/```bash\n([\s\S]*?)```/g)].map((m) => m[1] as string)
@@ -97,6 +97,21 @@ t.test('a newcomer runs npm ci && npm start, the printed lines and the README wa
   t.match(walk.stdout, /^127\.10\.2\.\d+$/m, 'dig answers the new endpoint IP')
   t.match(walk.stdout, /^hello$/m, 'the echo comes back through the new endpoint')
   t.match(walk.stdout, /^204\n204$/m, 'both deletes answer 204')
+
+  // The same walkthrough with the CLI (SPEC §14), as literally: `npx linkgate ...`.
+  const cliBlocks = walkthroughBlocks(await readFile(join(dir, 'README.md'), 'utf8'), '## Walkthrough with the CLI')
+  t.ok(cliBlocks.length > 0, 'the README has CLI walkthrough blocks')
+  const cli = await run('bash', ['-c', 'set -euo pipefail\n' + cliBlocks.join('\n')], { cwd: dir, timeout: 120_000 })
+  t.match(cli.stdout, /^service vpcesvc-[0-9a-f]{12}$/m, 'create service -o id prints the id')
+  t.match(cli.stdout, /^ACCOUNT\n100000000002$/m, 'allow prints the allowed accounts')
+  t.match(cli.stdout, /^vpce-[0-9a-f]{12} +vpcesvc-[0-9a-f]{12} +pendingAcceptance +127\.10\.2\.\d+ +zone-b/m, 'the new endpoint waits for acceptance')
+  t.match(cli.stdout, /^vpcesvc-[0-9a-f]{12} +vpce-[0-9a-f]{12} +100000000002 +accepted /m, 'accept answers accepted')
+  t.match(cli.stdout, /^127\.10\.2\.\d+$/m, 'dig answers the new endpoint IP')
+  t.match(cli.stdout, /^hello$/m, 'the echo comes back through the new endpoint')
+  t.match(cli.stdout, /^be-[0-9a-f]{8} +127\.20\.0\.3 +zone-b +0 /m, 'set-weight drains the added backend')
+  t.match(cli.stdout, /^backend be-[0-9a-f]{8} removed from vpcesvc-/m)
+  t.match(cli.stdout, /^endpoint vpce-[0-9a-f]{12} deleted\nservice vpcesvc-[0-9a-f]{12} deleted$/m, 'both deletes succeed')
+  t.equal(cli.stderr.replace(/^npm (warn|notice).*\n/gm, ''), '', 'nothing on stderr')
 
   // SIGTERM to the gateway itself (npm does not forward signals to its script): it drains,
   // exits 0, and so `npm start` ends with 0 too.
