@@ -102,7 +102,7 @@ export class ControlPlane {
   // ---- endpoint services (provider) ----
 
   serviceView (svc: EndpointService): ServiceView {
-    return { ...svc, backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
+    return { ...svc, proxyProtocol: svc.proxyProtocol ?? 'off', backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
   }
 
   listServices (caller: Caller): ServiceView[] {
@@ -144,7 +144,8 @@ export class ControlPlane {
         ...current,
         acceptanceRequired: input.acceptanceRequired ?? current.acceptanceRequired,
         sameZonePreferred: input.sameZonePreferred ?? current.sameZonePreferred,
-        healthCheck
+        healthCheck,
+        proxyProtocol: input.proxyProtocol ?? current.proxyProtocol
       }
       draft.services[id] = next
       return { result: next, events: [{ kind: 'service', action: 'updated', id }] }
@@ -413,6 +414,7 @@ export class ControlPlane {
       portMappings,
       backends: this.#buildBackends(input.backends, at(prefix, 'backends'), keep),
       healthCheck,
+      proxyProtocol: input.proxyProtocol,
       allowedAccounts,
       createdAt
     }

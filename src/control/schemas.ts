@@ -59,6 +59,9 @@ export const HealthCheckPatch = Type.Object({
   unhealthyThreshold: Type.Optional(healthCheckFields.unhealthyThreshold)
 }, strict)
 
+/** SPEC §13: PROXY protocol toward the backends (TCP mappings only). */
+export const ProxyProtocolSchema = StringEnum(['off', 'v1', 'v2'] as const, { default: 'off' })
+
 export const AllowedAccount = Type.String({ pattern: '^([0-9]{12}|\\*)$' })
 
 const serviceFields = {
@@ -68,6 +71,7 @@ const serviceFields = {
   portMappings: Type.Array(PortMappingSchema, { minItems: 1 }),
   backends: Type.Array(BackendInput, { default: [] }),
   healthCheck: Type.Object(healthCheckFields, { ...strict, default: {} }),
+  proxyProtocol: ProxyProtocolSchema,
   allowedAccounts: Type.Array(AllowedAccount, { default: [] })
 }
 export const ServiceCreate = Type.Object(serviceFields, strict)
@@ -76,6 +80,7 @@ export const ServicePatch = Type.Object({
   acceptanceRequired: Type.Optional(Type.Boolean()),
   sameZonePreferred: Type.Optional(Type.Boolean()),
   healthCheck: Type.Optional(HealthCheckPatch),
+  proxyProtocol: Type.Optional(StringEnum(['off', 'v1', 'v2'] as const)),
   // Immutable after creation: accepted by the schema so the rules can answer 409, not 400.
   portMappings: Type.Optional(Type.Unknown()),
   name: Type.Optional(Type.Unknown())

@@ -27,6 +27,11 @@
 // write. Instead one sweep per listener compares each pair's byte counters, already kept for the
 // access log, with what it saw last time: a pair whose counters have not moved for the idle
 // period is closed, at most one sweep interval late.
+//
+// PROXY protocol (SPEC §13): when the service asks for it, the header is encoded at accept (the
+// service's setting then is the one that counts, so a PATCH reaches new connections only) and
+// written to the backend as soon as it connects, before the client is resumed: no client byte
+// can overtake it, and server-first protocols (SMTP, MySQL) get it without waiting for the client.
 import { Socket, createServer, type Server } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { getSystemErrorMessage } from 'node:util'
@@ -34,6 +39,7 @@ import type { Backend } from '../control/model.ts'
 import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
 import type { ProtocolStats } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
+import { createProxyHeaderEncoder, sendsHeader, type ProxyHeaderEncoder } from './proxy-protocol.ts'
 import type { Peer } from './upstream/balancer.ts'
 
 /** Connect attempts per client connection, the first included (SPEC §5). */
@@ -79,6 +85,8 @@ class TcpListener implements ProxyListener {
   #closing = false
   #destroyed = false
   #closeWaiters: Array<() => void> = []
+  /** PROXY header encoder for the service's current `proxyProtocol` (rebuilt when a PATCH changes it). */
+  #proxyEncoder: ProxyHeaderEncoder | null = null
 
   constructor (ctx: ListenerContext) {
     this.ctx = ctx
@@ -180,6 +188,17 @@ class TcpListener implements ProxyListener {
     }
   }
 
+  /** The PROXY header for a client at `address`:`port` under the service's current setting; null: none. */
+  proxyHeader (address: string, port: number | undefined): Buffer | null {
+    const { runtime, mapping } = this.ctx
+    const version = runtime.service.proxyProtocol
+    if (!sendsHeader(version)) return null
+    if (this.#proxyEncoder?.version !== version) {
+      this.#proxyEncoder = createProxyHeaderEncoder(version, runtime.endpoint.ip, mapping.terminalPort, runtime.endpoint.id)
+    }
+    return port === undefined ? null : this.#proxyEncoder.encode(address, port)
+  }
+
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
@@ -221,7 +240,8 @@ class TcpListener implements ProxyListener {
     // The peer's address costs a getpeername call: asked only when allowedSources or the access
     // log needs it.
     let address: string | undefined
-    if (!runtime.allowsEverySource || this.ctx.accessLog.enabled) {
+    const proxyProtocol = sendsHeader(runtime.service.proxyProtocol)
+    if (!runtime.allowsEverySource || this.ctx.accessLog.enabled || proxyProtocol) {
       address = socket.remoteAddress
       if (address === undefined) { // already gone
         socket.destroy()
@@ -237,7 +257,16 @@ class TcpListener implements ProxyListener {
       this.#refuse(socket, address, 'limit')
       return
     }
-    const pair = new TcpPair(this, socket, address)
+    let header: Buffer | null = null
+    if (proxyProtocol) {
+      header = this.proxyHeader(address as string, socket.remotePort)
+      if (header === null) { // no usable peer address (already gone): nothing truthful to send
+        runtime.release()
+        socket.destroy()
+        return
+      }
+    }
+    const pair = new TcpPair(this, socket, address, header)
     this.pairs.add(pair)
     pair.connectNext()
   }
@@ -321,6 +350,8 @@ class TcpPair {
   #activeAt = 0
   /** Where the backend socket reads into; null after a queued write took it. */
   #readBuffer: Buffer | null = null
+  /** PROXY protocol header for the backend, written once it connects (SPEC §13); null: none. */
+  readonly #proxyHeader: Buffer | null
   /** A read filled the small first buffer: from now on read into READ_BUFFER_SIZE. */
   #bulk = false
   /** net asks for the buffer of the next backend read when the socket is set up and after every read. */
@@ -331,12 +362,13 @@ class TcpPair {
     return this.#readBuffer
   }
 
-  constructor (listener: TcpListener, client: Socket, address: string | undefined) {
+  constructor (listener: TcpListener, client: Socket, address: string | undefined, proxyHeader: Buffer | null) {
     this.#listener = listener
     this.#stats = listener.ctx.runtime.tcp
     this.#client = client
     this.#clientAddress = address
     this.#clientPort = address === undefined ? undefined : client.remotePort
+    this.#proxyHeader = proxyHeader
     this.#startedAt = performance.now()
     ;(client as PairSocket)[PAIR] = this
     client.removeListener('error', noop)
@@ -412,6 +444,8 @@ class TcpPair {
     this.#stats.active++
     backend.on('end', onBackendEnd)
     backend.on('drain', onBackendDrain)
+    // First on the wire, before the client is resumed (the client socket was paused at accept).
+    if (this.#proxyHeader !== null) backend.write(this.#proxyHeader)
     client.on('data', onClientData)
     client.on('end', onClientEnd)
     client.on('drain', onClientDrain)

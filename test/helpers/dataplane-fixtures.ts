@@ -38,6 +38,7 @@ export interface ServiceSpec {
   backends?: Backend[]
   sameZonePreferred?: boolean
   id?: string
+  proxyProtocol?: EndpointService['proxyProtocol']
 }
 
 export function makeService (spec: ServiceSpec): EndpointService {
@@ -54,6 +55,7 @@ export function makeService (spec: ServiceSpec): EndpointService {
     healthCheck: {
       enabled: false, protocol: 'TCP', path: '/', intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 2, unhealthyThreshold: 3
     },
+    proxyProtocol: spec.proxyProtocol ?? 'off',
     allowedAccounts: [],
     createdAt: new Date().toISOString()
   }
