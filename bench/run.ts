@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util'
 import { connectionRateCase, keepAliveCase, loggingCostCase } from './cases/http.ts'
 import { dnsCase } from './cases/dns.ts'
 import { memoryCase } from './cases/memory.ts'
+import { proxyProtocolCase } from './cases/proxy-protocol.ts'
 import { throughputCase } from './cases/throughput.ts'
 import { udpCase } from './cases/udp.ts'
 import { fullPlan, quickPlan, type BenchContext, type PeerState } from './cases/context.ts'
@@ -174,7 +175,8 @@ async function main (): Promise<void> {
         return dnsCase(ctx, dnsmasq === undefined ? 'dnsmasq is not running' : undefined, dnsmasq?.pid)
       }],
       [6, 'memory per idle session', () => memoryCase(ctx)],
-      [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)]
+      [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)],
+      [8, 'PROXY protocol cost (case 3 through a v2 endpoint against an off one)', () => proxyProtocolCase(ctx)]
     ]
     for (const [id, title, runCase] of cases) {
       if (!wanted(id)) continue
