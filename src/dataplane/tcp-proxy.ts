@@ -30,8 +30,10 @@
 //
 // PROXY protocol (SPEC §13): when the service asks for it, the header is encoded at accept (the
 // service's setting then is the one that counts, so a PATCH reaches new connections only) and
-// written to the backend as soon as it connects, before the client is resumed: no client byte
-// can overtake it, and server-first protocols (SMTP, MySQL) get it without waiting for the client.
+// written to the backend as soon as it connects, before the client is resumed, so no client byte
+// can overtake it. The write is corked: the client's first chunk joins it in one writev (one
+// segment, one read for the backend — as HAProxy sends the header with MSG_MORE), and a client
+// that says nothing (server-first protocols: SMTP, MySQL) holds it back for one loop turn at most.
 import { Socket, createServer, type Server } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { getSystemErrorMessage } from 'node:util'
@@ -87,6 +89,14 @@ class TcpListener implements ProxyListener {
   #closeWaiters: Array<() => void> = []
   /** PROXY header encoder for the service's current `proxyProtocol` (rebuilt when a PATCH changes it). */
   #proxyEncoder: ProxyHeaderEncoder | null = null
+  /**
+   * Pairs whose corked PROXY header waits for the client's first chunk: connected during this
+   * loop turn (`#corkedNew`) or the previous one (`#corkedOld`). One immediate per listener, not
+   * one per connection, flushes the old ones.
+   */
+  #corkedNew: TcpPair[] = []
+  #corkedOld: TcpPair[] = []
+  #corkImmediate: NodeJS.Immediate | null = null
 
   constructor (ctx: ListenerContext) {
     this.ctx = ctx
@@ -199,6 +209,24 @@ class TcpListener implements ProxyListener {
     return port === undefined ? null : this.#proxyEncoder.encode(address, port)
   }
 
+  /** `pair` corked its PROXY header: uncork it by the end of the next loop turn if no client byte comes. */
+  holdHeader (pair: TcpPair): void {
+    this.#corkedNew.push(pair)
+    this.#corkImmediate ??= setImmediate(this.#flushHeaders)
+  }
+
+  // Runs in the check phase. A pair connected in this turn's poll phase waits for the next poll
+  // phase, where its client's waiting bytes are read (the client was resumed at connect).
+  readonly #flushHeaders = (): void => {
+    this.#corkImmediate = null
+    const old = this.#corkedOld
+    for (let i = 0; i < old.length; i++) (old[i] as TcpPair).flushHeader()
+    old.length = 0
+    this.#corkedOld = this.#corkedNew
+    this.#corkedNew = old
+    if (this.#corkedOld.length > 0) this.#corkImmediate = setImmediate(this.#flushHeaders)
+  }
+
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
@@ -221,6 +249,12 @@ class TcpListener implements ProxyListener {
     this.#connectTimer = null
     this.#connecting = []
     this.#connectingHead = 0
+    if (this.#corkImmediate !== null) clearImmediate(this.#corkImmediate)
+    this.#corkImmediate = null
+    for (const pair of this.#corkedOld) pair.flushHeader()
+    for (const pair of this.#corkedNew) pair.flushHeader()
+    this.#corkedOld = []
+    this.#corkedNew = []
   }
 
   #stopAccepting (): void {
@@ -352,6 +386,8 @@ class TcpPair {
   #readBuffer: Buffer | null = null
   /** PROXY protocol header for the backend, written once it connects (SPEC §13); null: none. */
   readonly #proxyHeader: Buffer | null
+  /** The header sits corked in the backend socket, waiting for the client's first chunk. */
+  #headerCorked = false
   /** A read filled the small first buffer: from now on read into READ_BUFFER_SIZE. */
   #bulk = false
   /** net asks for the buffer of the next backend read when the socket is set up and after every read. */
@@ -445,7 +481,12 @@ class TcpPair {
     backend.on('end', onBackendEnd)
     backend.on('drain', onBackendDrain)
     // First on the wire, before the client is resumed (the client socket was paused at accept).
-    if (this.#proxyHeader !== null) backend.write(this.#proxyHeader)
+    if (this.#proxyHeader !== null) {
+      backend.cork()
+      backend.write(this.#proxyHeader)
+      this.#headerCorked = true
+      listener.holdHeader(this)
+    }
     client.on('data', onClientData)
     client.on('end', onClientEnd)
     client.on('drain', onClientDrain)
@@ -498,6 +539,15 @@ class TcpPair {
     this.#bytesToBackend += n
     this.#stats.bytesToBackend += n
     if (!(this.#backend as Socket).write(chunk)) this.#client.pause()
+    if (this.#headerCorked) this.flushHeader() // one writev: PROXY header + first chunk
+  }
+
+  /** Send a corked PROXY header (with whatever client bytes joined it). */
+  flushHeader (): void {
+    if (!this.#headerCorked) return
+    this.#headerCorked = false
+    const backend = this.#backend
+    if (backend !== null && !backend.destroyed) backend.uncork()
   }
 
   /** `n` bytes from the backend are in `buffer`; returning false stops reading until `resume()`. */

@@ -79,17 +79,21 @@ function parseV2 (buf: Buffer): ParsedV2 {
 }
 
 /** A backend that records every byte each connection sends, and echoes nothing. */
-async function recordingBackend (t: Test, host: string, greet?: string): Promise<TestServer & { received: Buffer[], conns: Socket[] }> {
+async function recordingBackend (t: Test, host: string, greet?: string): Promise<TestServer & { received: Buffer[], firstReads: Buffer[], conns: Socket[] }> {
   const received: Buffer[] = []
+  const firstReads: Buffer[] = []
   const conns: Socket[] = []
   const server = await startTcpServer(t, host, (s) => {
     const index = received.length
     received.push(Buffer.alloc(0))
     conns.push(s)
     if (greet !== undefined) s.write(greet)
-    s.on('data', (c: Buffer) => { received[index] = Buffer.concat([received[index] as Buffer, c]) })
+    s.on('data', (c: Buffer) => {
+      firstReads[index] ??= Buffer.from(c)
+      received[index] = Buffer.concat([received[index] as Buffer, c])
+    })
   })
-  return Object.assign(server, { received, conns })
+  return Object.assign(server, { received, firstReads, conns })
 }
 
 t.test('crc32c matches the Castagnoli check value: crc32c("123456789") = 0xE3069283', async (t) => {
@@ -131,6 +135,7 @@ t.test('v2: the backend reads the header, then the client bytes unchanged', asyn
   t.equal(h.tlvs[1]?.value.length, 4)
   t.equal(h.crcOk, true, 'CRC32C over the header with its field zeroed')
   t.same(got.subarray(h.length), payload, 'the client bytes follow unchanged')
+  t.equal(backend.firstReads[0]?.length, h.length + payload.length, 'header and waiting client bytes arrive in one read (one writev)')
   // The header travels once: more client bytes arrive as they are.
   client.write('more')
   await waitFor(() => (backend.received[0] as Buffer).length === h.length + payload.length + 4, 2000, 'second write')
