@@ -97,7 +97,9 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
     const peerV2: PeerState = { name: 'linkgate', address: ENDPOINT_V2, daemon: lg.daemon }
     const off: WrkRun[] = []
     const v2: WrkRun[] = []
-    const rounds = ctx.plan.rounds.wrk
+    // An even number of rounds, so each order comes as often; the machine's drift over a run
+    // is larger than the effect measured, hence the ratio is taken within each round.
+    const rounds = ctx.quick ? 1 : 4
     for (let round = 0; round < rounds; round++) {
       // Alternate which goes first, so neither always runs on a machine the other just warmed.
       const order = round % 2 === 0 ? [['off', peerOff], ['v2', peerV2]] as const : [['v2', peerV2], ['off', peerOff]] as const
@@ -112,8 +114,9 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
     const cpu = (runs: WrkRun[], kind: 'userMs' | 'systemMs'): number => median(runs.map((r) => microsPerOp(r.cpu, kind, r.requests)))
     const offRate = rate(off)
     const v2Rate = rate(v2)
-    const cost = offRate > 0 ? (1 - v2Rate / offRate) * 100 : Number.NaN
-    ctx.log(`  v2 ÷ off = ${(v2Rate / offRate).toFixed(3)} (cost ${cost.toFixed(1)}%)`)
+    const ratios = v2.map((r, i) => r.requestsPerSecond / (off[i] as WrkRun).requestsPerSecond)
+    const cost = (1 - median(ratios)) * 100
+    ctx.log(`  v2 ÷ off per round: ${ratios.map((r) => r.toFixed(3)).join(', ')} (cost, from their median: ${cost.toFixed(1)}%)`)
     const note = `wrk -H "Connection: close", ${wrkConnections} connections, ${rounds > 1 ? `median of ${rounds} runs of ` : ''}${ctx.plan.seconds.wrk} s each way, interleaved; one linkgate process, one nginx backend (a plain listener and a proxy_protocol one)`
     const cell = (value: number, samples: readonly number[]): { value: number, samples?: readonly number[] } =>
       samples.length > 1 ? { value, samples } : { value }
@@ -121,7 +124,7 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
       { ...base, metric: 'connection rate, proxyProtocol off', unit: 'conn/s', better: 'higher', cells: { linkgate: cell(offRate, off.map((r) => r.requestsPerSecond)) }, note },
       { ...base, metric: 'connection rate, proxyProtocol v2', unit: 'conn/s', better: 'higher', cells: { linkgate: cell(v2Rate, v2.map((r) => r.requestsPerSecond)) } },
       { ...base, metric: 'cost of v2 (1 − v2 ÷ off)', unit: '%', better: 'lower', cells: { linkgate: { value: cost } },
-        target: { kind: 'absolute', max: 5, text: '≤ 5%' } },
+        target: { kind: 'absolute', max: 5, text: '≤ 5%' }, note: 'median of the per-round ratios (each round runs off and v2 back to back)' },
       { ...base, metric: 'linkgate CPU per connection, off (user + kernel)', unit: 'µs', better: 'lower',
         cells: { linkgate: { value: cpu(off, 'userMs') + cpu(off, 'systemMs') } } },
       { ...base, metric: 'linkgate CPU per connection, v2 (user + kernel)', unit: 'µs', better: 'lower',

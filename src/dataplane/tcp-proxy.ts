@@ -204,7 +204,12 @@ class TcpListener implements ProxyListener {
     const version = runtime.service.proxyProtocol
     if (!sendsHeader(version)) return null
     if (this.#proxyEncoder?.version !== version) {
-      this.#proxyEncoder = createProxyHeaderEncoder(version, runtime.endpoint.ip, mapping.terminalPort, runtime.endpoint.id)
+      try {
+        this.#proxyEncoder = createProxyHeaderEncoder(version, runtime.endpoint.ip, mapping.terminalPort, runtime.endpoint.id)
+      } catch (err) { // an endpoint record the schema should have refused: no header, no connection
+        this.ctx.logger.warn({ err, endpointId: runtime.endpoint.id }, 'cannot encode a PROXY header for this endpoint')
+        return null
+      }
     }
     return port === undefined ? null : this.#proxyEncoder.encode(address, port)
   }

@@ -6,7 +6,7 @@
 // Addresses: 127.74.1.x (and ::1).
 import { createServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
-import { crc32c, V1_UNKNOWN_HEADER, V2_LOCAL_HEADER } from '../../src/dataplane/proxy-protocol.ts'
+import { crc32c, createProxyHeaderEncoder, V1_UNKNOWN_HEADER, V2_LOCAL_HEADER } from '../../src/dataplane/proxy-protocol.ts'
 import {
   connectTo, makeBackend, startProxy, startTcpServer, updateService, waitFor, type TestServer
 } from '../helpers/dataplane-fixtures.ts'
@@ -110,6 +110,22 @@ t.test('LOCAL headers: v2 is the 16-byte LOCAL/UNSPEC preamble, v1 is PROXY UNKN
   t.equal(h.family, 0, 'UNSPEC')
   t.equal(h.length, 16)
   t.equal(V1_UNKNOWN_HEADER.toString(), 'PROXY UNKNOWN\r\n')
+})
+
+t.test('encoders: odd addresses give null, an IPv4 client of an IPv6 endpoint is ::ffff:-mapped, v1 stays within 107 bytes', async (t) => {
+  const v2 = createProxyHeaderEncoder('v2', '127.74.1.10', 443, 'vpce-0123456789ab')
+  for (const bad of ['', 'localhost', '1.2.3', '1.2.3.4.5', '256.1.1.1', '1..2.3', '1.2.3.4 ', 'fe80::zz']) t.equal(v2.encode(bad, 1), null, JSON.stringify(bad))
+  const mappedClient = parseV2(v2.encode('::ffff:127.74.1.20', 5000) as Buffer)
+  t.same([mappedClient.family, mappedClient.src, mappedClient.crcOk], [0x11, '127.74.1.20', true], 'a ::ffff: client of an IPv4 endpoint is TCP4')
+  const v6 = createProxyHeaderEncoder('v2', 'fd00::10', 443, 'vpce-0123456789ab')
+  const h = parseV2(v6.encode('127.74.1.20', 5000) as Buffer)
+  t.same([h.family, h.src, h.dst, h.crcOk], [0x21, '0:0:0:0:0:ffff:7f4a:114', 'fd00:0:0:0:0:0:0:10', true])
+  t.equal(parseV2(v6.encode('fe80::1%eth0', 1) as Buffer).src, 'fe80:0:0:0:0:0:0:1', 'zone index dropped')
+  const v1 = createProxyHeaderEncoder('v1', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe', 65535, 'vpce-0123456789ab')
+  const longest = v1.encode('ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 65535) as Buffer
+  t.ok(longest.length <= 107, `${longest.length} bytes`)
+  t.equal(longest.toString(), 'PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe 65535 65535\r\n')
+  t.equal(v1.encode('not an address', 1), null)
 })
 
 t.test('v2: the backend reads the header, then the client bytes unchanged', async (t) => {
