@@ -4,11 +4,14 @@
 // the header before anything; a PATCH to `off` reaches new connections while live ones go on.
 // The parser here is written from haproxy's doc/proxy-protocol.txt, independently of the encoder.
 // Addresses: 127.74.1.x (and ::1).
+import { createSocket } from 'node:dgram'
 import { createServer, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
+import { createUdpListener } from '../../src/dataplane/udp-proxy.ts'
 import { crc32c, createProxyHeaderEncoder, V1_UNKNOWN_HEADER, V2_LOCAL_HEADER } from '../../src/dataplane/proxy-protocol.ts'
 import {
-  connectTo, makeBackend, startProxy, startTcpServer, updateService, waitFor, type TestServer
+  connectTo, freePort, makeBackend, makeEndpoint, makeService, openStore, putEndpoint, putService, startDataPlane, startProxy,
+  startTcpServer, updateService, waitFor, type TestServer
 } from '../helpers/dataplane-fixtures.ts'
 
 const ENDPOINT_IP = '127.74.1.10'
@@ -274,4 +277,30 @@ t.test('IPv6 client and endpoint: v2 uses TCP6 with the ::1 addresses, v1 a PROX
   const line = `PROXY TCP6 ::1 ::1 ${c1.localPort} ${fx.port}\r\n`
   await waitFor(() => (backend.received[1]?.length ?? 0) >= line.length + 3, 2000, 'v1 line')
   t.equal((backend.received[1] as Buffer).toString(), line + 'one')
+})
+
+t.test('UDP mappings ignore proxyProtocol: a datagram of a v2 service reaches the backend unchanged', async (t) => {
+  const backend = createSocket('udp4')
+  t.teardown(() => backend.close())
+  const seen: Buffer[] = []
+  backend.on('message', (msg, rinfo) => { seen.push(msg); backend.send(msg, rinfo.port, rinfo.address) })
+  await new Promise<void>((resolve) => backend.bind(0, BACKEND_IP, resolve))
+  const servicePort = backend.address().port
+  const store = await openStore(t)
+  const terminalPort = await freePort(ENDPOINT_IP)
+  const service = makeService({ portMappings: [{ protocol: 'UDP', servicePort, terminalPort }], backends: [makeBackend(BACKEND_IP)], proxyProtocol: 'v2' })
+  await putService(store, service)
+  await putEndpoint(store, makeEndpoint(service, { ip: ENDPOINT_IP }))
+  await startDataPlane(t, { store, udpFactory: createUdpListener })
+  const client = createSocket('udp4')
+  t.teardown(() => client.close())
+  await new Promise<void>((resolve) => client.bind(0, CLIENT_IP, resolve))
+  const payload = Buffer.from('\r\n\r\n\0\r\nQUIT\n-looks-like-a-signature-but-is-data')
+  const reply = new Promise<Buffer>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no reply within 2 s')), 2000)
+    client.once('message', (msg) => { clearTimeout(timer); resolve(msg) })
+  })
+  client.send(payload, terminalPort, ENDPOINT_IP)
+  t.same(await reply, payload, 'the echo is the datagram itself')
+  t.same(seen, [payload], 'the backend received exactly the client datagram')
 })
