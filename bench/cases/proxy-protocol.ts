@@ -23,7 +23,7 @@ const TERMINAL_PORT = 8080
 
 const body = 'hello from the PROXY protocol backend\n'
 
-function backendConfig (dir: string): string {
+export function proxyProtocolBackendConfig (dir: string): string {
   return [
     '# written by bench/cases/proxy-protocol.ts',
     'worker_processes auto;',
@@ -81,7 +81,7 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
   const dir = join(ctx.dir, 'proxy-protocol-backend')
   await mkdir(dir, { recursive: true })
   const file = join(dir, 'nginx.conf')
-  await writeFile(file, backendConfig(dir))
+  await writeFile(file, proxyProtocolBackendConfig(dir))
   const nginx = new Daemon('nginx-pp-backend', findTool('nginx') as string, ['-p', dir, '-e', join(dir, 'error.log'), '-c', file], { cwd: dir })
   const created: Array<{ serviceId: string, endpointId: string }> = []
   try {
