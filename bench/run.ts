@@ -18,6 +18,7 @@ import { controlScaleCase } from './cases/control-scale.ts'
 import { connectionRateCase, keepAliveCase, loggingCostCase } from './cases/http.ts'
 import { dnsCase } from './cases/dns.ts'
 import { memoryCase } from './cases/memory.ts'
+import { proxyProtocolCase } from './cases/proxy-protocol.ts'
 import { throughputCase } from './cases/throughput.ts'
 import { udpCase } from './cases/udp.ts'
 import { fullPlan, quickPlan, type BenchContext, type PeerState } from './cases/context.ts'
@@ -180,7 +181,8 @@ async function main (): Promise<void> {
       }],
       [6, 'memory per idle session', () => memoryCase(ctx)],
       [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)],
-      [8, 'control plane at scale (services + endpoints in the store: 100, 1,000, 10,000)', () => controlScaleCase(ctx)]
+      [8, 'control plane at scale (services + endpoints in the store: 100, 1,000, 10,000)', () => controlScaleCase(ctx)],
+      [9, 'PROXY protocol cost (case 3 through a v2 endpoint against an off one)', () => proxyProtocolCase(ctx)]
     ]
     for (const [id, title, runCase] of cases) {
       if (!wanted(id)) continue

@@ -120,7 +120,7 @@ export class ControlPlane {
   // ---- endpoint services (provider) ----
 
   serviceView (svc: EndpointService): ServiceView {
-    return { ...svc, backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
+    return { ...svc, proxyProtocol: svc.proxyProtocol ?? 'off', backends: svc.backends.map((b) => ({ ...b, health: this.#health.backendHealth(svc.id, b.id) })) }
   }
 
   listServices (caller: Caller, query?: unknown): Page<ServiceView> {
@@ -159,13 +159,14 @@ export class ControlPlane {
       const current = this.#ownService(draft, caller, id)
       if ('portMappings' in input) throw conflict('portMappings: immutable after creation; create a new endpoint service')
       if ('name' in input) throw conflict('name: immutable after creation (it is part of serviceName)')
-      const { acceptanceRequired, sameZonePreferred, healthCheck } = current
-      const merged = validate<ServiceMutableInput>(ServiceMutable, mergePatch({ acceptanceRequired, sameZonePreferred, healthCheck }, input))
+      const { acceptanceRequired, sameZonePreferred, healthCheck, proxyProtocol = 'off' } = current
+      const merged = validate<ServiceMutableInput>(ServiceMutable, mergePatch({ acceptanceRequired, sameZonePreferred, healthCheck, proxyProtocol }, input))
       const next: EndpointService = {
         ...current,
         acceptanceRequired: merged.acceptanceRequired,
         sameZonePreferred: merged.sameZonePreferred,
-        healthCheck: this.#checkHealth(merged.healthCheck as HealthCheck, current.portMappings, 'healthCheck')
+        healthCheck: this.#checkHealth(merged.healthCheck as HealthCheck, current.portMappings, 'healthCheck'),
+        proxyProtocol: merged.proxyProtocol
       }
       if (JSON.stringify(next) === JSON.stringify(current)) return current
       draft.services[id] = next
@@ -510,6 +511,7 @@ export class ControlPlane {
       portMappings,
       backends: this.#buildBackends(input.backends, at(prefix, 'backends'), keep),
       healthCheck,
+      proxyProtocol: input.proxyProtocol,
       allowedAccounts,
       createdAt
     }

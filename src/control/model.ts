@@ -31,6 +31,9 @@ export interface HealthCheck {
 /** Service states (SPEC §3). Local creation is synchronous, so a stored service is `available`. */
 export type ServiceStatus = 'creating' | 'available' | 'failed' | 'deleting' | 'deleted'
 
+/** PROXY protocol header toward the backends of a service's TCP mappings (SPEC §13). */
+export type ProxyProtocol = 'off' | 'v1' | 'v2'
+
 export interface EndpointService {
   readonly id: string
   readonly name?: string
@@ -42,6 +45,8 @@ export interface EndpointService {
   readonly portMappings: readonly PortMapping[]
   readonly backends: readonly Backend[]
   readonly healthCheck: HealthCheck
+  /** TCP only; applies to connections accepted after a change. Absent (a record from before SPEC §13): off. */
+  readonly proxyProtocol?: ProxyProtocol
   readonly allowedAccounts: readonly string[]
   readonly createdAt: string
 }

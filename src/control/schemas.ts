@@ -63,6 +63,9 @@ const patchOf = (fields: Record<string, TSchema>): TSchema =>
 
 export const HealthCheckPatch = patchOf(healthCheckFields)
 
+/** SPEC §13: PROXY protocol toward the backends (TCP mappings only). */
+export const ProxyProtocolSchema = StringEnum(['off', 'v1', 'v2'] as const, { default: 'off' })
+
 export const AllowedAccount = Type.String({ pattern: '^([0-9]{12}|\\*)$' })
 
 const serviceFields = {
@@ -72,6 +75,7 @@ const serviceFields = {
   portMappings: Type.Array(PortMappingSchema, { minItems: 1 }),
   backends: Type.Array(BackendInput, { default: [] }),
   healthCheck: Type.Object(healthCheckFields, { ...strict, default: {} }),
+  proxyProtocol: ProxyProtocolSchema,
   allowedAccounts: Type.Array(AllowedAccount, { default: [] })
 }
 export const ServiceCreate = Type.Object(serviceFields, strict)
@@ -80,6 +84,7 @@ export const ServicePatch = Type.Object({
   acceptanceRequired: Type.Optional(nullable(serviceFields.acceptanceRequired)),
   sameZonePreferred: Type.Optional(nullable(serviceFields.sameZonePreferred)),
   healthCheck: Type.Optional(nullable(HealthCheckPatch)),
+  proxyProtocol: Type.Optional(nullable(serviceFields.proxyProtocol)),
   // Immutable after creation: accepted by the schema so the rules can answer 409, not 400.
   portMappings: Type.Optional(Type.Unknown()),
   name: Type.Optional(Type.Unknown())
@@ -89,7 +94,8 @@ export const ServicePatch = Type.Object({
 export const ServiceMutable = Type.Object({
   acceptanceRequired: serviceFields.acceptanceRequired,
   sameZonePreferred: serviceFields.sameZonePreferred,
-  healthCheck: serviceFields.healthCheck
+  healthCheck: serviceFields.healthCheck,
+  proxyProtocol: serviceFields.proxyProtocol
 }, strict)
 
 export const BackendList = Type.Array(BackendInput)

@@ -27,12 +27,20 @@
 // write. Instead one sweep per listener compares each pair's byte counters, already kept for the
 // access log, with what it saw last time: a pair whose counters have not moved for the idle
 // period is closed, at most one sweep interval late.
+//
+// PROXY protocol (SPEC §13): when the service asks for it, the header is encoded at accept (the
+// service's setting then is the one that counts, so a PATCH reaches new connections only) and
+// written to the backend as soon as it connects, before the client is resumed, so no client byte
+// can overtake it. The write is corked: the client's first chunk joins it in one writev (one
+// segment, one read for the backend — as HAProxy sends the header with MSG_MORE), and a client
+// that says nothing (server-first protocols: SMTP, MySQL) holds it back for one loop turn at most.
 import { Socket, createServer, type Server } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { Backend } from '../control/model.ts'
 import type { Metrics, RefusalReason } from '../metrics/metrics.ts'
 import type { ProtocolStats } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
+import { createProxyHeaderEncoder, sendsHeader, type ProxyHeaderEncoder } from './proxy-protocol.ts'
 import { LogLimiter, isLocalTrouble, socketErrorReason } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
 
@@ -84,6 +92,16 @@ class TcpListener implements ProxyListener {
   #closing = false
   #destroyed = false
   #closeWaiters: Array<() => void> = []
+  /** PROXY header encoder for the service's current `proxyProtocol` (rebuilt when a PATCH changes it). */
+  #proxyEncoder: ProxyHeaderEncoder | null = null
+  /**
+   * Pairs whose corked PROXY header waits for the client's first chunk: connected during this
+   * loop turn (`#corkedNew`) or the previous one (`#corkedOld`). One immediate per listener, not
+   * one per connection, flushes the old ones.
+   */
+  #corkedNew: TcpPair[] = []
+  #corkedOld: TcpPair[] = []
+  #corkImmediate: NodeJS.Immediate | null = null
 
   constructor (ctx: ListenerContext) {
     this.ctx = ctx
@@ -207,6 +225,40 @@ class TcpListener implements ProxyListener {
     }
   }
 
+  /** The PROXY header for a client at `address`:`port` under the service's current setting; null: none. */
+  proxyHeader (address: string, port: number | undefined): Buffer | null {
+    const { runtime, mapping } = this.ctx
+    const version = runtime.service.proxyProtocol
+    if (!sendsHeader(version)) return null
+    if (this.#proxyEncoder?.version !== version) {
+      try {
+        this.#proxyEncoder = createProxyHeaderEncoder(version, runtime.endpoint.ip, mapping.terminalPort, runtime.endpoint.id)
+      } catch (err) { // an endpoint record the schema should have refused: no header, no connection
+        this.ctx.logger.warn({ err, endpointId: runtime.endpoint.id }, 'cannot encode a PROXY header for this endpoint')
+        return null
+      }
+    }
+    return port === undefined ? null : this.#proxyEncoder.encode(address, port)
+  }
+
+  /** `pair` corked its PROXY header: uncork it by the end of the next loop turn if no client byte comes. */
+  holdHeader (pair: TcpPair): void {
+    this.#corkedNew.push(pair)
+    this.#corkImmediate ??= setImmediate(this.#flushHeaders)
+  }
+
+  // Runs in the check phase. A pair connected in this turn's poll phase waits for the next poll
+  // phase, where its client's waiting bytes are read (the client was resumed at connect).
+  readonly #flushHeaders = (): void => {
+    this.#corkImmediate = null
+    const old = this.#corkedOld
+    for (let i = 0; i < old.length; i++) (old[i] as TcpPair).flushHeader()
+    old.length = 0
+    this.#corkedOld = this.#corkedNew
+    this.#corkedNew = old
+    if (this.#corkedOld.length > 0) this.#corkImmediate = setImmediate(this.#flushHeaders)
+  }
+
   pairFinished (pair: TcpPair): void {
     this.pairs.delete(pair)
     if (this.#closing && this.pairs.size === 0) {
@@ -230,6 +282,12 @@ class TcpListener implements ProxyListener {
     this.#connectingBase += this.#connecting.length
     this.#connecting = []
     this.#connectingHead = 0
+    if (this.#corkImmediate !== null) clearImmediate(this.#corkImmediate)
+    this.#corkImmediate = null
+    for (const pair of this.#corkedOld) pair.flushHeader()
+    for (const pair of this.#corkedNew) pair.flushHeader()
+    this.#corkedOld = []
+    this.#corkedNew = []
   }
 
   #stopAccepting (): void {
@@ -249,7 +307,8 @@ class TcpListener implements ProxyListener {
     // The peer's address costs a getpeername call: asked only when allowedSources or the access
     // log needs it.
     let address: string | undefined
-    if (!runtime.allowsEverySource || this.ctx.accessLog.enabled) {
+    const proxyProtocol = sendsHeader(runtime.service.proxyProtocol)
+    if (!runtime.allowsEverySource || this.ctx.accessLog.enabled || proxyProtocol) {
       address = socket.remoteAddress
       if (address === undefined) { // already gone
         socket.destroy()
@@ -267,7 +326,16 @@ class TcpListener implements ProxyListener {
       this.#refuse(socket, address, refusal)
       return
     }
-    const pair = new TcpPair(this, socket, address)
+    let header: Buffer | null = null
+    if (proxyProtocol) {
+      header = this.proxyHeader(address as string, socket.remotePort)
+      if (header === null) { // no usable peer address (already gone): nothing truthful to send
+        runtime.release()
+        socket.destroy()
+        return
+      }
+    }
+    const pair = new TcpPair(this, socket, address, header)
     this.pairs.add(pair)
     pair.connectNext()
   }
@@ -353,6 +421,10 @@ class TcpPair {
   #activeAt = 0
   /** Where the backend socket reads into; null after a queued write took it. */
   #readBuffer: Buffer | null = null
+  /** PROXY protocol header for the backend, written once it connects (SPEC §13); null: none. */
+  readonly #proxyHeader: Buffer | null
+  /** The header sits corked in the backend socket, waiting for the client's first chunk. */
+  #headerCorked = false
   /** A read filled the small first buffer: from now on read into READ_BUFFER_SIZE. */
   #bulk = false
   /** net asks for the buffer of the next backend read when the socket is set up and after every read. */
@@ -363,12 +435,13 @@ class TcpPair {
     return this.#readBuffer
   }
 
-  constructor (listener: TcpListener, client: Socket, address: string | undefined) {
+  constructor (listener: TcpListener, client: Socket, address: string | undefined, proxyHeader: Buffer | null) {
     this.#listener = listener
     this.#stats = listener.ctx.runtime.tcp
     this.#client = client
     this.#clientAddress = address
     this.#clientPort = address === undefined ? undefined : client.remotePort
+    this.#proxyHeader = proxyHeader
     this.#startedAt = performance.now()
     ;(client as PairSocket)[PAIR] = this
     client.removeListener('error', noop)
@@ -445,6 +518,13 @@ class TcpPair {
     this.#stats.active++
     backend.on('end', onBackendEnd)
     backend.on('drain', onBackendDrain)
+    // First on the wire, before the client is resumed (the client socket was paused at accept).
+    if (this.#proxyHeader !== null) {
+      backend.cork()
+      backend.write(this.#proxyHeader)
+      this.#headerCorked = true
+      listener.holdHeader(this)
+    }
     client.on('data', onClientData)
     client.on('end', onClientEnd)
     client.on('drain', onClientDrain)
@@ -516,6 +596,15 @@ class TcpPair {
     this.#bytesToBackend += n
     this.#stats.bytesToBackend += n
     if (!(this.#backend as Socket).write(chunk)) this.#client.pause()
+    if (this.#headerCorked) this.flushHeader() // one writev: PROXY header + first chunk
+  }
+
+  /** Send a corked PROXY header (with whatever client bytes joined it). */
+  flushHeader (): void {
+    if (!this.#headerCorked) return
+    this.#headerCorked = false
+    const backend = this.#backend
+    if (backend !== null && !backend.destroyed) backend.uncork()
   }
 
   /** `n` bytes from the backend are in `buffer`; returning false stops reading until `resume()`. */

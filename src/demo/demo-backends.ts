@@ -51,6 +51,7 @@ export function demoResources (config: Config): { services: ConfigService[], end
       healthCheck: {
         enabled: true, protocol: 'HTTP', port: DEMO_HTTP_PORT, path: '/', intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 2, unhealthyThreshold: 3
       },
+      proxyProtocol: 'off',
       allowedAccounts: [consumer]
     }],
     endpoints: [{

@@ -20,6 +20,7 @@ import { checkHaproxyConfig, haproxyConfig } from '../../bench/peers/haproxy.ts'
 import { linkgateConfig, linkgateDnsNames } from '../../bench/peers/linkgate.ts'
 import { checkNginxConfig, nginxBackendConfig, nginxProxyConfig, streamModule } from '../../bench/peers/nginx.ts'
 import { benchDnsRecords } from '../../bench/peers/backends.ts'
+import { proxyProtocolBackendConfig } from '../../bench/cases/proxy-protocol.ts'
 import { parseConfig } from '../../src/config/load-config.ts'
 
 const inCi = process.env.CI === 'true'
@@ -82,6 +83,17 @@ t.test('nginx -t accepts the HTTP backend config', skipUnlessCi(nginxMissing), a
   const dir = await tempDir(t)
   const file = join(dir, 'backend.conf')
   await writeFile(file, nginxBackendConfig(dir))
+  const r = await checkNginxConfig(file, dir)
+  t.ok(r.ok, r.output)
+})
+
+t.test('nginx -t accepts case 8\'s backend config: a plain listener and a proxy_protocol one', skipUnlessCi(nginxMissing), async (t) => {
+  if (failInCi(t, nginxMissing)) return
+  const dir = await tempDir(t)
+  const file = join(dir, 'pp-backend.conf')
+  const text = proxyProtocolBackendConfig(dir)
+  t.match(text, / proxy_protocol backlog=4096;/)
+  await writeFile(file, text)
   const r = await checkNginxConfig(file, dir)
   t.ok(r.ok, r.output)
 })

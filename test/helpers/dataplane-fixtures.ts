@@ -39,6 +39,7 @@ export interface ServiceSpec {
   backends?: Backend[]
   sameZonePreferred?: boolean
   id?: string
+  proxyProtocol?: EndpointService['proxyProtocol']
 }
 
 export function makeService (spec: ServiceSpec): EndpointService {
@@ -55,6 +56,7 @@ export function makeService (spec: ServiceSpec): EndpointService {
     healthCheck: {
       enabled: false, protocol: 'TCP', path: '/', intervalSeconds: 2, timeoutSeconds: 1, healthyThreshold: 2, unhealthyThreshold: 3
     },
+    proxyProtocol: spec.proxyProtocol ?? 'off',
     allowedAccounts: [],
     createdAt: new Date().toISOString()
   }

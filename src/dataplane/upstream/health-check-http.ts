@@ -4,11 +4,18 @@
 // so a large or endless body costs nothing. A minimal HTTP/1.1 request over node:net keeps the
 // deadline and the abort in one place (health-check-tcp.ts) instead of an http.Agent's.
 import { isIPv6 } from 'node:net'
+import type { ProxyProtocol } from '../../control/model.ts'
+import { localHeader } from '../proxy-protocol.ts'
 import { runProbe, PROBE_OK, type ProbeResult, type ProbeTarget } from './health-check-tcp.ts'
 
 export interface HttpProbeTarget extends ProbeTarget {
   /** Request target, origin-form (`/`, `/healthz?deep=1`); the schema limits it to printable ASCII. */
   readonly path: string
+  /**
+   * The service's PROXY protocol (SPEC §13): the request is preceded by a v2 LOCAL header (v1:
+   * `PROXY UNKNOWN`), so a backend that requires the header answers the check.
+   */
+  readonly proxyProtocol?: ProxyProtocol | undefined
 }
 
 /** Bytes read while looking for the status line before the response is called malformed. */
@@ -56,6 +63,8 @@ export function probeHttp (target: HttpProbeTarget, signal?: AbortSignal): Promi
       }
       if (head.length > MAX_HEAD_BYTES) done({ ok: false, reason: 'bad response' })
     })
+    const header = localHeader(target.proxyProtocol)
+    if (header !== null) socket.write(header)
     socket.write(request)
   })
 }

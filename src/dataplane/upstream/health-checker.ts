@@ -75,7 +75,7 @@ interface ServiceEntry {
   portless: boolean
 }
 
-function settingsOf (hc: HealthCheck, address: string, port: number): ProbeSettings {
+function settingsOf (hc: HealthCheck, address: string, port: number, proxyProtocol: EndpointService['proxyProtocol']): ProbeSettings {
   const intervalMs = Math.round(hc.intervalSeconds * 1000)
   const timeoutMs = Math.round(hc.timeoutSeconds * 1000)
   return {
@@ -87,7 +87,10 @@ function settingsOf (hc: HealthCheck, address: string, port: number): ProbeSetti
     timeoutMs,
     healthyThreshold: hc.healthyThreshold,
     unhealthyThreshold: hc.unhealthyThreshold,
-    key: `${hc.protocol} ${address} ${port} ${hc.path} ${intervalMs} ${timeoutMs} ${hc.healthyThreshold} ${hc.unhealthyThreshold}`
+    // An HTTP check of a PROXY-protocol service starts with a LOCAL header (SPEC §13).
+    proxyProtocol: hc.protocol === 'HTTP' ? proxyProtocol : undefined,
+    key: `${hc.protocol} ${address} ${port} ${hc.path} ${intervalMs} ${timeoutMs} ${hc.healthyThreshold} ${hc.unhealthyThreshold}` +
+      (hc.protocol === 'HTTP' ? ` ${proxyProtocol ?? 'off'}` : '')
   }
 }
 
@@ -250,7 +253,7 @@ export class HealthChecker {
       } else {
         this.#relabel(be, backend)
       }
-      const settings = port === undefined ? undefined : settingsOf(hc, backend.address, port)
+      const settings = port === undefined ? undefined : settingsOf(hc, backend.address, port, service.proxyProtocol)
       if (be.prober?.settings.key === settings?.key) continue
       if (be.prober !== undefined) {
         void be.prober.stop()
