@@ -368,16 +368,17 @@ export class ControlPlane {
    * The rules of applyDeclared against an empty state, writing nothing: `check-config` and the
    * config loader run it, so that both report what `start` would refuse (SPEC §10).
    */
-  static checkDeclared (config: Config): string[] {
+  static checkDeclared (config: Config, brokenServiceIds: Iterable<string> = []): string[] {
     const dryRun = new ControlPlane(config, undefined as unknown as Store)
-    return dryRun.#declare({ services: {}, endpoints: {} }, config.services, config.endpoints).errors
+    return dryRun.#declare({ services: {}, endpoints: {} }, config.services, config.endpoints, brokenServiceIds).errors
   }
 
   /** Every declared resource in turn; one that breaks a rule is named in `errors` and left out. */
-  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): { events: ChangeEvent[], errors: string[] } {
+  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[], alreadyRefused: Iterable<string> = []):
+  { events: ChangeEvent[], errors: string[] } {
     const events: ChangeEvent[] = []
     const errors: string[] = []
-    const refused = new Set<string>()
+    const refused = new Set<string>(alreadyRefused)
     const seen = new Set<string>()
     const collect = (fn: () => void, id: string): void => {
       // A duplicate id is the config loader's to name (`duplicate service id`); apply the first.
