@@ -43,14 +43,14 @@ export function resolveConfig (raw: unknown, file = '<config>'): Config {
   // The cross checks run on what the schema passed: a broken item is left out (its error is
   // already listed) and the others are still checked, so one run names every problem.
   const valid = validPart(raw as Record<string, unknown>, errors)
-  errors.push(...crossCheck(valid.sparse))
+  errors.push(...crossCheck(valid.sparse, valid.brokenSections))
   if (valid.declarable) {
     // zones, subnets and accounts are looked up by id there: no holes.
     const dense = (list: readonly unknown[]): unknown[] => list.filter((x) => x !== undefined)
     const v = valid.sparse
     errors.push(...ControlPlane.checkDeclared({
       ...v, zones: dense(v.zones), subnets: dense(v.subnets), accounts: dense(v.accounts)
-    } as Config))
+    } as Config, valid.brokenServiceIds))
   }
   if (errors.length > 0) throw new ConfigError(file, [...new Set(errors)])
   return deepFreeze(raw as Config)
@@ -63,7 +63,15 @@ const LISTS = ['zones', 'subnets', 'accounts', 'services', 'endpoints'] as const
  * (indices, and so the paths in messages, stay as in the file); `declarable` is false when a
  * section the declared rules depend on is broken as a whole.
  */
-function validPart (raw: Record<string, unknown>, errors: readonly string[]): { sparse: Config, declarable: boolean } {
+interface ValidPart {
+  sparse: Config
+  declarable: boolean
+  brokenSections: ReadonlySet<string>
+  /** Ids of declared services left out for their schema errors: endpoints naming them are not "not found" as well. */
+  brokenServiceIds: ReadonlySet<string>
+}
+
+function validPart (raw: Record<string, unknown>, errors: readonly string[]): ValidPart {
   const brokenSections = new Set<string>()
   const brokenItems = new Map<string, Set<number>>()
   for (const e of errors) {
@@ -87,8 +95,21 @@ function validPart (raw: Record<string, unknown>, errors: readonly string[]): { 
     list.forEach((item, i) => { if (bad === undefined || !bad.has(i)) copy[i] = item })
     sparse[key] = copy
   }
+  const brokenServiceIds = new Set<string>()
+  const services = raw.services
+  if (Array.isArray(services)) {
+    for (const i of brokenItems.get('services') ?? []) {
+      const id = (services[i] as { id?: unknown } | null)?.id
+      if (typeof id === 'string') brokenServiceIds.add(id)
+    }
+  }
   const needed = ['region', 'dns', 'quotas', 'zones', 'subnets', 'accounts']
-  return { sparse: sparse as unknown as Config, declarable: !needed.some((k) => brokenSections.has(k)) }
+  return {
+    sparse: sparse as unknown as Config,
+    declarable: !needed.some((k) => brokenSections.has(k)),
+    brokenSections,
+    brokenServiceIds
+  }
 }
 
 function duplicates<T> (items: readonly T[], key: (item: T) => string, path: (i: number) => string, what: string): string[] {
@@ -103,7 +124,8 @@ function duplicates<T> (items: readonly T[], key: (item: T) => string, path: (i:
   return out
 }
 
-function crossCheck (c: Config): string[] {
+/** Rules across fields; a check that leans on a broken section (already named) is skipped. */
+function crossCheck (c: Config, broken: ReadonlySet<string>): string[] {
   const errors: string[] = []
   errors.push(...duplicates(c.zones, (z) => z, (i) => `zones[${i}]`, 'zone'))
   errors.push(...duplicates(c.subnets, (s) => s.id, (i) => `subnets[${i}].id`, 'subnet id'))
@@ -115,7 +137,7 @@ function crossCheck (c: Config): string[] {
   const parsed: Array<[ipaddr.IPv4 | ipaddr.IPv6, number] | undefined> = []
   const configured = c.zones.filter((z) => z !== undefined).join(', ')
   c.subnets.forEach((s, i) => {
-    if (!zones.has(s.zone)) errors.push(`subnets[${i}].zone: unknown zone ${JSON.stringify(s.zone)} (configured: ${configured})`)
+    if (!broken.has('zones') && !zones.has(s.zone)) errors.push(`subnets[${i}].zone: unknown zone ${JSON.stringify(s.zone)} (configured: ${configured})`)
     const cidr = ipaddr.parseCIDR(s.cidr)
     const network = ipaddr.IPv4.isIPv4(s.cidr.split('/')[0] ?? '')
       ? ipaddr.IPv4.networkAddressFromCIDR(s.cidr)
@@ -134,10 +156,10 @@ function crossCheck (c: Config): string[] {
   })
   const accounts = new Set(c.accounts.map((a) => a.id))
   c.services.forEach((s, i) => {
-    if (!accounts.has(s.ownerAccountId)) errors.push(`services[${i}].ownerAccountId: unknown account ${s.ownerAccountId}`)
+    if (!broken.has('accounts') && !accounts.has(s.ownerAccountId)) errors.push(`services[${i}].ownerAccountId: unknown account ${s.ownerAccountId}`)
   })
   c.endpoints.forEach((e, i) => {
-    if (!accounts.has(e.ownerAccountId)) errors.push(`endpoints[${i}].ownerAccountId: unknown account ${e.ownerAccountId}`)
+    if (!broken.has('accounts') && !accounts.has(e.ownerAccountId)) errors.push(`endpoints[${i}].ownerAccountId: unknown account ${e.ownerAccountId}`)
   })
   return errors
 }

@@ -428,17 +428,17 @@ export class ControlPlane {
    * The rules of applyDeclared against an empty state, writing nothing: `check-config` and the
    * config loader run it, so that both report what `start` would refuse (SPEC §10).
    */
-  static checkDeclared (config: Config): string[] {
+  static checkDeclared (config: Config, brokenServiceIds: Iterable<string> = []): string[] {
     // Nothing is stored: the rules run on a draft of an empty in-memory view.
     const nowhere = { subscribe: () => () => {} } as unknown as Store
     const dryRun = new ControlPlane(config, nowhere, { backendHealth: () => 'unknown' })
-    return dryRun.#declare(new MemoryView().draft(), config.services, config.endpoints)
+    return dryRun.#declare(new MemoryView().draft(), config.services, config.endpoints, brokenServiceIds)
   }
 
   /** Every declared resource in turn; one that breaks a rule is named in `errors` and left out. */
-  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[]): string[] {
+  #declare (draft: Draft, services: readonly ConfigService[], endpoints: readonly ConfigEndpoint[], alreadyRefused: Iterable<string> = []): string[] {
     const errors: string[] = []
-    const refused = new Set<string>()
+    const refused = new Set<string>(alreadyRefused)
     const seen = new Set<string>()
     const collect = (fn: () => void, id: string): void => {
       // A duplicate id is the config loader's to name (`duplicate service id`); apply the first.
