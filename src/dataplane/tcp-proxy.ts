@@ -115,8 +115,9 @@ class TcpListener implements ProxyListener {
     this.#server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, this.#onConnection)
     this.#server.on('error', (err) => {
       // Bind errors reach listen()'s promise; later ones are accept errors. On EMFILE/ENFILE
-      // libuv has accepted and closed the waiting connections with its reserved descriptor, so
-      // those clients saw a close: count it as overload, never close the listener, keep serving.
+      // libuv itself accepts and closes the waiting connections with a reserved descriptor and
+      // reports only when that fails. Whatever reaches us: counted as overload when it is local
+      // trouble, logged (rate-limited), and the listener stays open and keeps serving.
       if (!this.#listening) return
       if (isLocalTrouble(err)) ctx.runtime.refused('overload')
       this.localTrouble(err, 'tcp listener: accept failed')

@@ -1,17 +1,21 @@
 // SPEC §10 "Local trouble is not the backend's fault", with descriptors really exhausted: a child
 // process under `ulimit -n 80` (tcp-emfile-child.ts) runs a DataPlane without a connection
-// budget and a HealthChecker; this process opens 150 connections to it. EMFILE on accept and
-// on backend connects never crashes it, never closes the listener, counts as reason="overload",
-// and neither the proxies nor the health probes hold it against the healthy backend.
+// budget and a HealthChecker; this process runs the echo backend. The child holds all its free
+// descriptors but one, then none: EMFILE on a backend connect never crashes it, never closes
+// the listener, counts as reason="overload", and neither the proxy nor the health probes hold
+// it against the healthy backend. (EMFILE at accept is handled inside libuv, which accepts and
+// closes the waiting connections with a reserved descriptor without telling Node.)
 // Addresses: 127.71.20.0/24.
 import { spawn } from 'node:child_process'
-import { connect, type Socket } from 'node:net'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import t from 'tap'
+import { startEchoServer } from '../helpers/dataplane-fixtures.ts'
 
 t.test('out of descriptors: the listener survives, refusals count as overload, the healthy backend stays healthy', async (t) => {
-  const child = spawn('bash', ['-c', 'ulimit -n 80 && exec "$0" "$1"', process.execPath, join(import.meta.dirname, 'tcp-emfile-child.ts')],
+  const echo = await startEchoServer(t, '127.71.20.20')
+  const child = spawn('bash', ['-c', 'ulimit -n 80 && exec "$0" "$1" "$2"', process.execPath, join(import.meta.dirname, 'tcp-emfile-child.ts'), String(echo.port)],
     { stdio: ['pipe', 'pipe', 'pipe'] })
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   let stderr = ''
@@ -25,29 +29,44 @@ t.test('out of descriptors: the listener survives, refusals count as overload, t
     return JSON.parse(value as string)
   }
   const ready = await next()
-  t.equal(ready.healthBefore, 'healthy', 'the backend is healthy before the load')
-
-  const clients: Socket[] = []
-  t.teardown(() => { for (const s of clients) s.destroy() })
-  for (let i = 0; i < 150; i++) {
-    const s = connect({ host: '127.71.20.10', port: 7320 })
-    s.on('error', () => {})
-    s.write('x')
-    clients.push(s)
+  t.equal(ready.healthBefore, 'healthy', 'the backend is healthy before the shortage')
+  const ask = async (command: string): Promise<Record<string, any>> => {
+    child.stdin.write(command + '\n')
+    return await next()
   }
-  await new Promise((resolve) => setTimeout(resolve, 1500)) // fifteen probe intervals
-  child.stdin.write('peak\n')
-  const peak = await next()
-  t.ok(peak.overload > 0, `refusals for lack of descriptors count as reason="overload" (${peak.overload})`)
-  t.equal(peak.healthAtPeak, 'healthy', 'the backend stays healthy')
-  t.equal(peak.passiveFailures, 0, 'no failed connect held against it')
-  t.ok(peak.acceptWarnings >= 1, 'the shortage is logged (rate-limited)')
-  for (const s of clients) s.destroy()
-  await new Promise((resolve) => setTimeout(resolve, 500))
-  child.stdin.write('after\n')
-  const after = await next()
+
+  // One descriptor left: a connection is accepted with it and its backend connect meets EMFILE
+  // (or libuv drops it at accept, or a probe holds it at that moment: then try again).
+  const filled = await ask('fill')
+  t.ok(filled.held > 0, `the child holds ${filled.held} descriptors`)
+  let peak: Record<string, any> = {}
+  for (let i = 0; i < 30; i++) {
+    const client = connect({ host: '127.71.20.10', port: 7320 })
+    client.on('error', () => {})
+    client.write('x')
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => { client.destroy(); resolve() }, 1000)
+      client.on('close', () => { clearTimeout(timer); resolve() })
+    })
+    peak = await ask('peak')
+    if (peak.overload > 0) break
+  }
+  t.ok(peak.overload > 0, `a backend connect that met EMFILE counts as reason="overload" (${JSON.stringify(peak)})`)
+  t.ok(peak.proxyWarnings >= 1, 'and is logged')
+  t.equal(peak.passiveFailures, 0, 'it is not held against the backend')
+
+  // No descriptor left for ten probe intervals: every probe meets EMFILE, none is a verdict.
+  t.same(await ask('squeeze'), { squeezed: true })
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  peak = await ask('peak')
+  t.ok(peak.probeWarnings >= 1, `the health probes met the shortage (${JSON.stringify(peak)})`)
+  t.equal(peak.health, 'healthy', 'the healthy backend stays healthy')
+  t.equal(peak.passiveFailures, 0)
+
+  await ask('release')
+  const after = await ask('after')
   t.equal(after.served, 'after', 'the listener still serves once descriptors are free')
-  t.equal(after.healthAfter, 'healthy')
+  t.equal(after.health, 'healthy')
   const exit = await new Promise<number | null>((resolve) => { if (child.exitCode !== null) resolve(child.exitCode); else child.on('exit', resolve) })
   t.equal(exit, 0, `the child process never crashed (stderr: ${stderr.trim().slice(0, 300)})`)
 })

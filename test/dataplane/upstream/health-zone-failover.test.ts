@@ -39,7 +39,7 @@ t.test('picks follow zone-a while its backend is healthy, move to zone-b when it
   t.same(zonesOfPicks(balancer, 10), Array(10).fill('zone-a'), 'picks return to zone-a once it is healthy again')
 })
 
-t.test('with every backend unhealthy there is nothing to pick', async (t) => {
+t.test('with every backend unhealthy the service fails open: picks go on as if all were healthy (SPEC §10)', async (t) => {
   const [a, b] = await startBackends(t, ['127.24.3.3', '127.24.3.4'], { kind: 'tcp' }) as [TestBackend, TestBackend]
   const h = await harness(t)
   const id = serviceId()
@@ -54,5 +54,6 @@ t.test('with every backend unhealthy there is nothing to pick', async (t) => {
   const within = intervalMs * (FAST_CHECK.unhealthyThreshold + 1) + timeoutMs + 1000
   await waitForHealth(h.upstream, id, 'be-000003a3', 'unhealthy', within)
   await waitForHealth(h.upstream, id, 'be-000003b3', 'unhealthy', within)
-  t.equal(balancer.pick('zone-a'), undefined)
+  t.ok(balancer.failOpen, 'failing open')
+  t.same(zonesOfPicks(balancer, 4), Array(4).fill('zone-a'), 'as if healthy: the same-zone backend is picked')
 })
