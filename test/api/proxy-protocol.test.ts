@@ -39,11 +39,21 @@ t.test('a bad proxyProtocol is a 400 naming the field, and changes nothing', asy
     t.equal(created.status, 400, `create ${JSON.stringify(bad)}`)
     t.equal(created.body.error.code, 'InvalidParameter')
     t.match(created.body.error.message, /^proxyProtocol: /)
+    if (bad === null) continue // a merge patch's null resets the field (next test)
     const patched = await api.call('PATCH', `/v1/endpoint-services/${svc.id as string}`, { body: { proxyProtocol: bad } })
     t.equal(patched.status, 400, `patch ${JSON.stringify(bad)}`)
     t.match(patched.body.error.message, /^proxyProtocol: /)
   }
   t.equal(JSON.stringify(api.store.state), before, 'state unchanged')
+})
+
+t.test('PATCH {proxyProtocol: null} is a merge patch: the field goes back to its default, off', async (t) => {
+  const api = await startApi(t)
+  const svc = (await api.call('POST', '/v1/endpoint-services', { body: tcpService({ proxyProtocol: 'v1' }) })).body
+  const patched = await api.call('PATCH', `/v1/endpoint-services/${svc.id as string}`, { body: { proxyProtocol: null } })
+  t.equal(patched.status, 200)
+  t.equal(patched.body.proxyProtocol, 'off')
+  t.equal((await api.call('GET', `/v1/endpoint-services/${svc.id as string}`)).body.proxyProtocol, 'off')
 })
 
 t.test('a declared service in the config file carries proxyProtocol; a bad value names its path', async (t) => {
