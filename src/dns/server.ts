@@ -40,8 +40,8 @@ export interface DnsAddresses {
 }
 
 const DEFAULT_TCP_IDLE_MS = 10_000
-/** Open TCP connections at once; more are refused by the kernel backlog / closed by node. */
-const MAX_TCP_CONNECTIONS = 1000
+/** Open TCP connections at once; more are closed. 256 + the API's 256 fit in the 1,024 descriptors kept back by limits.maxConnections (SPEC §10). */
+const MAX_TCP_CONNECTIONS = 256
 /** Forwarded queries in flight per TCP connection before reading from it pauses. */
 const MAX_TCP_INFLIGHT = 64
 /** Attempts at getting the same port number for UDP and TCP when `listen.dns` asks for port 0. */
