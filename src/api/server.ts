@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
+import type { ClusterNodeItem } from '../cluster/cluster-node.ts'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
 import {
   internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, requestTimeout, unauthorized, type LinkgateError
@@ -28,6 +29,8 @@ export interface ApiOptions {
   readonly logger: Logger
   /** limits.apiMaxConnections (default 256). */
   readonly maxConnections?: number
+  /** The live nodes for `GET /v1/cluster` (SPEC §12); default: none listed. */
+  readonly cluster?: () => ClusterNodeItem[]
 }
 
 /** A route needs a token when its TEMPLATE is under /v1 — never judged by the URL text (SPEC §10). */
@@ -91,7 +94,7 @@ function clientErrorHandler (err: Error & { code?: string }, socket: Socket): vo
   socket.destroy()
 }
 
-export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS }: ApiOptions): FastifyInstance {
+export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [] }: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
@@ -180,6 +183,12 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   app.get('/metrics', async (_request, reply) => {
     const text = await metrics.registry.metrics()
     return reply.type(metrics.registry.contentType).send(text)
+  })
+
+  // SPEC §12: any account may list the cluster's live nodes and the IPs each owns.
+  app.get('/v1/cluster', async (request) => {
+    who(request)
+    return { items: cluster() }
   })
 
   // Endpoint services (provider).
