@@ -31,6 +31,8 @@ import {
 /** etcd's default `--max-txn-ops`: more compares than this go coarse, more writes are refused. */
 const MAX_TXN_OPS = 128
 const COARSE_AT = 100
+/** How long a committed transaction waits for its own revision to come back through the watch. */
+const APPLY_WAIT_MS = 5000
 // etcd's enum values, as numbers (the wire form; the proto loader also takes etcd3's names).
 const MOD = 2 // CompareTarget.MOD
 const EQUAL = 0 // CompareResult.EQUAL
@@ -138,7 +140,11 @@ export class EtcdStore implements Store {
         if (writes.length > MAX_TXN_OPS) throw conflict(`the change touches ${writes.length} keys, more than one etcd transaction takes (${MAX_TXN_OPS}); make it in smaller steps`)
         const res: ITxnResponse = await this.#client.kv.txn({ compare, success: writes, failure: this.#probes(compare) })
         if (res.succeeded) {
-          await this.#caughtUp(BigInt(res.header.revision), 0)
+          // Committed. Normally the watch brings it within milliseconds; if etcd went away right
+          // after, answer anyway after a while (the view applies it when the watch is back).
+          const revision = BigInt(res.header.revision)
+          await this.#caughtUp(revision, APPLY_WAIT_MS)
+          if (this.#revision < revision) this.#onWarning(new Error(`committed revision ${revision} not seen by the watch within ${APPLY_WAIT_MS} ms`))
           return result
         }
         if (attempt >= this.#maxAttempts) throw conflict(`the change lost ${attempt} races with other nodes' changes to the same resources; try again`)
@@ -270,18 +276,16 @@ export class EtcdStore implements Store {
     return newest
   }
 
-  /** Resolve once the view has applied `revision` (after `timeoutMs`, if not 0, resolve anyway). */
+  /** Resolve once the view has applied `revision`, or after `timeoutMs`. */
   #caughtUp (revision: bigint, timeoutMs: number): Promise<void> {
     if (this.#revision >= revision || this.#closed) return Promise.resolve()
     return new Promise<void>((resolve) => {
       let timer: NodeJS.Timeout | undefined
       const waiter: Waiter = { revision, resolve: () => { clearTimeout(timer); resolve() } }
-      if (timeoutMs > 0) {
-        timer = setTimeout(() => {
-          this.#waiters = this.#waiters.filter((w) => w !== waiter)
-          resolve()
-        }, timeoutMs)
-      }
+      timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter)
+        resolve()
+      }, timeoutMs)
       this.#waiters.push(waiter)
     })
   }
