@@ -2,9 +2,11 @@
 // Dependencies run one way: api -> control <- dataplane, dns. The data plane reports bind
 // failures through a callback wired here, so it never writes to the control plane itself.
 import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
+import { ClusterNode, registerClusterMetrics, singleNodeItems } from './cluster/cluster-node.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
 import { lockStateDir, type StateLock } from './control/state-lock.ts'
@@ -58,6 +60,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   const upstream = new UpstreamState()
   const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
   let store: Store | undefined
+  let cluster: ClusterNode | undefined
   let lock: StateLock | undefined
   let control: ControlPlane | undefined
   let dataPlane: DataPlane | undefined
@@ -93,13 +96,22 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         throw new ConfigError(options.configFile ?? '<config>', [(err as Error).message])
       }
       const budget = new ConnectionBudget(maxConnections)
-      store = await SqliteStore.open(config.stateDir, {
-        onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
-        onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
-      })
+      // SPEC §12: with a cluster section the state is etcd's, shared by every node.
+      if (config.cluster !== undefined) {
+        cluster = await ClusterNode.start(config.cluster, logger)
+        store = cluster.store
+      } else {
+        store = await SqliteStore.open(config.stateDir, {
+          onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
+          onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
+        })
+      }
+      const node = cluster
       const endpointStatuses = metrics.endpoints
       const stateOf = store
       metrics.beforeScrape(() => { publishEndpointStatuses(endpointStatuses, stateOf.state.endpoints) })
+      const clusterItems = node === undefined ? () => singleNodeItems(stateOf.state) : () => node.items()
+      registerClusterMetrics(metrics.registry, node?.nodeId ?? hostname(), clusterItems)
       // Backend health is the UpstreamState's, which exists before any of the rooms.
       control = new ControlPlane(config, store, upstream)
       const file = options.configFile ?? '<config>'
@@ -126,6 +138,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         accessLog,
         udpFactory: createUdpListener,
         budget,
+        ...(node === undefined ? {} : { serves: (ip: string) => node.owns(ip) }),
         onEndpointFailed: (id, reason) => {
           ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
             logger.error({ err, endpointId: id }, 'could not record endpoint failure')
@@ -137,12 +150,14 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           })
         }
       })
+      const plane = dataPlane
+      node?.onOwnedChanged((ips) => { plane.servedChanged(ips) })
       health = new HealthChecker({ store, upstream, metrics, logger })
       health.start()
       await dataPlane.start()
       dns = new DnsServer({ config, store, metrics, logger })
       const dnsAddresses = await dns.start()
-      api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections })
+      api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo
@@ -162,6 +177,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         ])
         // Last: the rooms above may still record a change (a bind failure) while they close.
         await store?.close()
+        await cluster?.close()
         await accessLog.close()
         await lock?.release()
       })()
@@ -175,6 +191,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       demo?.destroy()
       void api?.close()
       accessLog.flush()
+      void cluster?.close()
       void lock?.release()
     }
   }

@@ -116,6 +116,13 @@ const MetricsText = Type.Unsafe({
 })
 
 const NoContent = Type.Null({ description: 'done, no body' })
+const ClusterOut = Type.Object({
+  items: Type.Array(Type.Object({
+    nodeId: Type.String(),
+    live: Type.Boolean(),
+    ownedIps: Type.Array(Type.String({ description: 'plain address, no prefix length' }))
+  }))
+})
 
 interface Doc {
   summary: string
@@ -158,7 +165,9 @@ const docs: Record<string, Doc> = {
   'GET /v1/endpoints': { summary: "The caller's endpoints", tags: ['consumer'], querystring: Type.Object(ListQuery), ok: { 200: List(EndpointOut) } },
   'GET /v1/endpoints/:id': { summary: 'One endpoint', tags: ['consumer'], params: EndpointParams, ok: { 200: EndpointOut } },
   'PATCH /v1/endpoints/:id': { summary: 'Change allowedSources or privateDns (JSON merge patch)', tags: ['consumer'], params: EndpointParams, body: EndpointPatch, ok: { 200: EndpointOut } },
-  'DELETE /v1/endpoints/:id': { summary: 'Delete an endpoint: listeners and DNS names go, connections end', tags: ['consumer'], params: EndpointParams, ok: { 204: NoContent } }
+  'DELETE /v1/endpoints/:id': { summary: 'Delete an endpoint: listeners and DNS names go, connections end', tags: ['consumer'], params: EndpointParams, ok: { 204: NoContent } },
+
+  'GET /v1/cluster': { summary: 'Live gateway nodes and the endpoint IPs each owns (SPEC §12); a single node lists itself', tags: ['cluster'], ok: { 200: ClusterOut } }
 }
 
 const acceptAnything = (): (() => true) => () => true

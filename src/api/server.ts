@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
+import type { ClusterNodeItem } from '../cluster/cluster-node.ts'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
 import {
   internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, requestTimeout, unauthorized, type LinkgateError
@@ -30,6 +31,8 @@ export interface ApiOptions {
   readonly logger: Logger
   /** limits.apiMaxConnections (default 256). */
   readonly maxConnections?: number
+  /** The live nodes for `GET /v1/cluster` (SPEC §12); default: none listed. */
+  readonly cluster?: () => ClusterNodeItem[]
 }
 
 /** A route needs a token when its TEMPLATE is under /v1 — never judged by the URL text (SPEC §10). */
@@ -93,7 +96,7 @@ function clientErrorHandler (err: Error & { code?: string }, socket: Socket): vo
   socket.destroy()
 }
 
-export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS }: ApiOptions): FastifyInstance {
+export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [] }: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
@@ -195,6 +198,12 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
     reply.type('application/json; charset=utf-8').send(openapiText ??= JSON.stringify(app.swagger())))
   app.get(DOCS_PATH, { config: { public: true } }, async (_request, reply) =>
     reply.type('text/html; charset=utf-8').header('content-security-policy', DOCS_CSP).send(DOCS_HTML))
+
+  // SPEC §12: any account may list the cluster's live nodes and the IPs each owns.
+  app.get('/v1/cluster', async (request) => {
+    who(request)
+    return { items: cluster() }
+  })
 
   // Endpoint services (provider).
   app.post('/v1/endpoint-services', async (request, reply) =>

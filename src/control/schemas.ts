@@ -174,6 +174,17 @@ export const ConfigSchema = Type.Object({
   }, { ...strict, default: {} }),
   services: Type.Array(Type.Object({ id: ServiceId, ownerAccountId: AccountId, ...serviceFields }, strict), { default: [] }),
   endpoints: Type.Array(Type.Object({ id: EndpointId, ownerAccountId: AccountId, ...endpointFields }, strict), { default: [] }),
+  // SPEC §12: cluster mode on etcd; absent = a single node on its SQLite store (README "Cluster").
+  cluster: Type.Optional(Type.Object({
+    nodeId: Type.String({ pattern: '^[a-z0-9-]{1,32}$' }),
+    etcd: Type.Object({
+      endpoints: Type.Array(Type.String({ pattern: '^https?://[^/\\s]+/?$', maxLength: 256 }), { minItems: 1, maxItems: 16 }),
+      prefix: Type.String({ pattern: '^/(?:[A-Za-z0-9._-]+/)*$', maxLength: 128, default: '/linkgate/' })
+    }, strict),
+    leaseTtlSeconds: Type.Integer({ minimum: 2, maximum: 30, default: 3 }),
+    /** Where owned endpoint IPs are added; absent: the node claims IPs but leaves addresses alone. */
+    interface: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,15}$' }))
+  }, strict)),
   demo: Type.Boolean({ default: false }),
   // Extensions beyond SPEC §2 (README "Configuration"): logging and the per-connection access log.
   log: Type.Object({

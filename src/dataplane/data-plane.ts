@@ -52,6 +52,8 @@ export interface DataPlaneOptions {
   readonly udpFactory?: ListenerFactory
   /** Defaults to the TCP proxy; replaceable for embedding. */
   readonly tcpFactory?: ListenerFactory
+  /** Cluster mode (SPEC §12): listen only on the endpoint IPs this node owns; default every IP. Call `servedChanged` when its answer changes. */
+  readonly serves?: (ip: string) => boolean
 }
 
 interface BoundListener {
@@ -89,6 +91,7 @@ export class DataPlane {
   readonly #budget: ConnectionBudget
   readonly #retryFirstMs: number
   readonly #retryMaxMs: number
+  readonly #serves: (ip: string) => boolean
   #scheduled: NodeJS.Immediate | null = null
   /** Changed since the last pass. */
   readonly #dirtyServices = new Set<string>()
@@ -105,6 +108,7 @@ export class DataPlane {
     this.#budget = opts.budget ?? unlimitedBudget()
     this.#retryFirstMs = opts.bindRetryMs?.first ?? BIND_RETRY_FIRST_MS
     this.#retryMaxMs = opts.bindRetryMs?.max ?? BIND_RETRY_MAX_MS
+    this.#serves = opts.serves ?? (() => true)
   }
 
   /** Initial reconcile; resolves once every wanted listener is bound or its endpoint reported failed. */
@@ -149,11 +153,24 @@ export class DataPlane {
   readonly #onChange = (events: readonly ChangeEvent[]): void => {
     if (this.#closed) return
     for (const e of events) (e.kind === 'service' ? this.#dirtyServices : this.#dirtyEndpoints).add(e.id)
+    this.#scheduleReconcile()
+  }
+
+  #scheduleReconcile (): void {
     if (this.#scheduled !== null) return
     this.#scheduled = setImmediate(() => {
       this.#scheduled = null
       if (!this.#closed) void this.#reconcile()
     })
+  }
+
+  /** The answer of `serves` changed for the IPs given (cluster ownership moved): reconcile their endpoints. */
+  servedChanged (ips: Iterable<string>): void {
+    if (this.#closed) return
+    for (const ip of ips) {
+      for (const id of this.#opts.store.page('endpointIp', ip, undefined, 1000)) this.#dirtyEndpoints.add(id)
+    }
+    this.#scheduleReconcile()
   }
 
   #stop (): void {
@@ -261,7 +278,7 @@ export class DataPlane {
       const entry = this.#entries.get(id)
       if (entry === undefined) continue
       const endpoint = state.endpoints[id]
-      if (endpoint === undefined || !wantsListeners(endpoint) || state.services[endpoint.serviceId] === undefined ||
+      if (endpoint === undefined || !wantsListeners(endpoint) || !this.#serves(endpoint.ip) || state.services[endpoint.serviceId] === undefined ||
         endpoint.serviceId !== entry.endpoint.serviceId) { // the runtime is tied to one service's balancer
         this.#removeEntry(entry, 'removed')
       }
@@ -269,7 +286,7 @@ export class DataPlane {
     const binds: Array<Promise<void>> = []
     for (const id of ids) {
       const endpoint = state.endpoints[id]
-      if (endpoint === undefined || !wantsListeners(endpoint)) continue
+      if (endpoint === undefined || !wantsListeners(endpoint) || !this.#serves(endpoint.ip)) continue
       const service = state.services[endpoint.serviceId]
       const balancer = this.#balancers.get(endpoint.serviceId)
       if (service === undefined || balancer === undefined) continue
