@@ -483,16 +483,24 @@ export async function runCli (argv: readonly string[], io: CliIo): Promise<numbe
       return 2
     }
     if (err instanceof ApiError) {
-      io.stderr(`${err.code}: ${err.message}\n`)
+      io.stderr(`${printable(err.code)}: ${printable(err.message)}\n`)
       return 1
     }
     if (err instanceof TransportError) {
-      io.stderr(`linkgate: ${err.message}\n`)
+      io.stderr(`linkgate: ${printable(err.message)}\n`)
       return 1
     }
-    io.stderr(`linkgate: ${err instanceof Error ? err.message : String(err)}\n`)
+    io.stderr(`linkgate: ${printable(err instanceof Error ? err.message : String(err))}\n`)
     return 1
   }
+}
+
+/**
+ * Text from the server, made safe for a terminal: control characters (ESC sequences that would
+ * retitle, clear or recolour the terminal, CR, BEL) are shown as \uXXXX escapes.
+ */
+function printable (text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
 /** The process's own streams and environment. */

@@ -14,7 +14,7 @@
 // the whole process (issue 13).
 //
 // The line format is what the pino logger wrote: {"level":30,"time":"<ISO 8601>",...fields,"msg":"access"}.
-import { closeSync, fstatSync, mkdirSync, openSync, write, writeSync } from 'node:fs'
+import { closeSync, constants, fstatSync, mkdirSync, openSync, statSync, write, writeSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { Logger } from 'pino'
 import type { CloseReason } from './listener.ts'
@@ -78,13 +78,33 @@ export function createAccessLog (destination: string, options: AccessLogOptions 
   } else {
     try {
       mkdirSync(dirname(destination), { recursive: true })
-      fd = openSync(destination, 'a')
+      fd = openForAppend(destination)
       owned = true
     } catch (err) {
       throw new Error(`log.access: cannot open ${destination}: ${(err as Error).message}`, { cause: err })
     }
   }
   return new FdAccessLog(fd, owned, options)
+}
+
+/**
+ * open(2) of a FIFO for writing blocks until some process opens it for reading: a plain
+ * `openSync(path, 'a')` on a FIFO nobody reads hung `start` for good, before any listener. A FIFO
+ * is opened non-blocking instead: with no reader that fails at once (ENXIO), and a full pipe
+ * later answers EAGAIN, which the writer already retries.
+ */
+function openForAppend (path: string): number {
+  let fifo = false
+  try {
+    fifo = statSync(path).isFIFO()
+  } catch {}
+  if (!fifo) return openSync(path, 'a')
+  try {
+    return openSync(path, constants.O_WRONLY | constants.O_APPEND | constants.O_NONBLOCK)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENXIO') throw new Error('a FIFO that no process reads (start its reader first)', { cause: err })
+    throw err
+  }
 }
 
 class FdAccessLog implements AccessLog {
