@@ -2,6 +2,7 @@
 // Dependencies run one way: api -> control <- dataplane, dns. The data plane reports bind
 // failures through a callback wired here, so it never writes to the control plane itself.
 import type { AddressInfo } from 'node:net'
+import { availableParallelism } from 'node:os'
 import pino, { type Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
@@ -17,6 +18,7 @@ import { DataPlane } from './dataplane/data-plane.ts'
 import { createUdpListener } from './dataplane/udp-proxy.ts'
 import { HealthChecker } from './dataplane/upstream/health-checker.ts'
 import { UpstreamState } from './dataplane/upstream/upstream-state.ts'
+import { resolveWorkerCount, WorkerPool } from './dataplane/workers/worker-pool.ts'
 import { DemoBackends, demoResources } from './demo/demo-backends.ts'
 import { DnsServer } from './dns/server.ts'
 import { ConfigError, isLinkgateError } from './errors.ts'
@@ -28,6 +30,11 @@ export interface AppOptions {
   readonly logger?: Logger
   /** Where the config came from, for error messages. */
   readonly configFile?: string
+  /**
+   * SPEC §11: run the TCP/UDP listeners and DNS in `config.workers` worker threads (what
+   * `linkgate start` does). Default false: everything on this thread (tests, embedding).
+   */
+  readonly workers?: boolean
 }
 
 export interface AppAddresses {
@@ -44,6 +51,8 @@ export interface App {
   readonly store: Store
   readonly upstream: UpstreamState
   readonly demo: DemoBackends | undefined
+  /** The data-plane workers, when AppOptions.workers. */
+  readonly workers: WorkerPool | undefined
   start (): Promise<AppAddresses>
   /** Stop accepting everywhere; live connections get up to `limits.shutdownGraceSeconds`, then end. Safe twice. */
   close (): Promise<void>
@@ -55,7 +64,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? pino({ level: config.log.level })
   const metrics = createMetrics(options.registry ?? new Registry())
   const upstream = new UpstreamState()
-  const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
+  const useWorkers = options.workers === true
+  // With workers, each worker writes its own connections' lines.
+  const accessLog = createAccessLog(useWorkers ? 'off' : config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
   let store: Store | undefined
   let lock: StateLock | undefined
   let control: ControlPlane | undefined
@@ -64,6 +75,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   let dns: DnsServer | undefined
   let api: ReturnType<typeof buildApiServer> | undefined
   let demo: DemoBackends | undefined
+  let workers: WorkerPool | undefined
   let closing: Promise<void> | undefined
 
   const required = <T>(value: T | undefined, what: string): T => {
@@ -79,6 +91,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get control () { return required(control, 'control') },
     get store () { return required(store, 'store') },
     get demo () { return demo },
+    get workers () { return workers },
 
     async start () {
       // Before anything opens or writes the state: a second instance stops here (SPEC §10).
@@ -116,36 +129,49 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         await control.applyDeclared(resources.services, resources.endpoints)
       }
       const ctl = control
-      dataPlane = new DataPlane({
-        config,
-        store,
-        metrics,
-        logger,
-        upstream,
-        accessLog,
-        udpFactory: createUdpListener,
-        budget,
-        onEndpointFailed: (id, reason) => {
-          ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
-            logger.error({ err, endpointId: id }, 'could not record endpoint failure')
-          })
-        },
-        onEndpointRecovered: (id) => {
-          ctl.markEndpointRecovered(id).catch((err: unknown) => {
-            logger.error({ err, endpointId: id }, 'could not record endpoint recovery')
-          })
-        }
-      })
-      health = new HealthChecker({ store, upstream, metrics, logger })
-      health.start()
-      await dataPlane.start()
-      dns = new DnsServer({ config, store, metrics, logger })
-      const dnsAddresses = await dns.start()
+      const onEndpointFailed = (id: string, reason: string): void => {
+        ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
+          logger.error({ err, endpointId: id }, 'could not record endpoint failure')
+        })
+      }
+      const onEndpointRecovered = (id: string): void => {
+        ctl.markEndpointRecovered(id).catch((err: unknown) => {
+          logger.error({ err, endpointId: id }, 'could not record endpoint recovery')
+        })
+      }
+      let dnsAddresses: AppAddresses['dns']
+      if (useWorkers) {
+        health = new HealthChecker({ store, upstream, metrics, logger })
+        health.start()
+        workers = new WorkerPool({
+          count: resolveWorkerCount(config.workers, availableParallelism()),
+          config, store, upstream, metrics, logger, maxConnections, onEndpointFailed, onEndpointRecovered
+        })
+        dnsAddresses = await workers.start()
+      } else {
+        dataPlane = new DataPlane({
+          config,
+          store,
+          metrics,
+          logger,
+          upstream,
+          accessLog,
+          udpFactory: createUdpListener,
+          budget,
+          onEndpointFailed,
+          onEndpointRecovered
+        })
+        health = new HealthChecker({ store, upstream, metrics, logger })
+        health.start()
+        await dataPlane.start()
+        dns = new DnsServer({ config, store, metrics, logger })
+        dnsAddresses = await dns.start()
+      }
       api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo
-      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir, maxConnections }, 'linkgate started')
+      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir, maxConnections, workers: workers?.size ?? 0 }, 'linkgate started')
       return { api: apiAddress, dns: dnsAddresses }
     },
 
@@ -155,6 +181,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         await Promise.allSettled([
           api?.close(),
           dataPlane?.close(graceMs),
+          workers?.close(graceMs),
           dns?.close(),
           health?.close(),
           demo?.close()
@@ -169,6 +196,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
 
     destroy () {
       dataPlane?.destroy()
+      workers?.destroy()
       dns?.destroy()
       health?.destroy()
       demo?.destroy()

@@ -169,6 +169,8 @@ export const ConfigSchema = Type.Object({
   services: Type.Array(Type.Object({ id: ServiceId, ownerAccountId: AccountId, ...serviceFields }, strict), { default: [] }),
   endpoints: Type.Array(Type.Object({ id: EndpointId, ownerAccountId: AccountId, ...endpointFields }, strict), { default: [] }),
   demo: Type.Boolean({ default: false }),
+  // SPEC §11: data-plane worker threads (`linkgate start`); `auto` = os.availableParallelism().
+  workers: Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], { default: 'auto' }),
   // Extensions beyond SPEC §2 (README "Configuration"): logging and the per-connection access log.
   log: Type.Object({
     level: StringEnum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, { default: 'info' }),

@@ -35,6 +35,7 @@ import type { ProtocolStats } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } from './listener.ts'
 import { LogLimiter, isLocalTrouble, socketErrorReason } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
+import { socketSharing } from './socket-sharing.ts'
 
 /** Connect attempts per client connection, the first included (SPEC §5). */
 export const MAX_CONNECT_ATTEMPTS = 3
@@ -123,7 +124,7 @@ class TcpListener implements ProxyListener {
       }
       server.once('error', onError)
       server.once('listening', onListening)
-      server.listen({ host: runtime.endpoint.ip, port: mapping.terminalPort })
+      server.listen({ host: runtime.endpoint.ip, port: mapping.terminalPort, reusePort: socketSharing.reusePort })
     })
   }
 
