@@ -10,6 +10,8 @@ export interface WorkerData {
   readonly maxConnections: number
   readonly counters: SharedArrayBuffer
   readonly own: SharedArrayBuffer
+  /** BigInt64 slot 0: when (Date.now()) any worker last logged an access-log write error. */
+  readonly logGate: SharedArrayBuffer
   readonly services: EndpointService[]
   readonly endpoints: Endpoint[]
   /** endpoint id -> counter slot */

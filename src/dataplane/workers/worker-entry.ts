@@ -11,7 +11,7 @@ import { deepFreeze, type ChangeEvent, type Endpoint, type EndpointService } fro
 import { MemoryView, Subscribers, type Change, type ChangeListener, type Draft, type IndexName, type Store } from '../../control/store.ts'
 import { DnsServer } from '../../dns/server.ts'
 import { createMetrics } from '../../metrics/metrics.ts'
-import { createAccessLog } from '../access-log.ts'
+import { createAccessLog, ERROR_LOG_INTERVAL_MS } from '../access-log.ts'
 import { DataPlane } from '../data-plane.ts'
 import { socketSharing } from '../socket-sharing.ts'
 import { createUdpListener } from '../udp-proxy.ts'
@@ -82,7 +82,22 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
   const counters = new SharedCounters(data.counters, data.own)
   const upstream = new MirroredUpstream(post)
   for (const [serviceId, backendId, health] of data.health) upstream.setHealth(upstream.record(serviceId, backendId), health, 'snapshot')
-  const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
+  // SPEC §10 "logged once per minute" holds for the process: the workers share when it was last.
+  const gate = new BigInt64Array(data.logGate)
+  const accessLogLogger = pino({
+    level: config.log.level,
+    hooks: {
+      logMethod (args, method, level) {
+        if (level >= 50) {
+          const now = BigInt(Date.now())
+          const last = Atomics.load(gate, 0)
+          if (now - last < BigInt(ERROR_LOG_INTERVAL_MS) || Atomics.compareExchange(gate, 0, last, now) !== last) return
+        }
+        method.apply(this, args)
+      }
+    }
+  }).child({ worker: data.index })
+  const accessLog = createAccessLog(config.log.access, { logger: accessLogLogger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
 
   const dataPlane = new DataPlane({
     config,

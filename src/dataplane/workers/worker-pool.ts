@@ -45,6 +45,7 @@ interface Slot {
 export class WorkerPool {
   readonly #opts: WorkerPoolOptions
   readonly #counters = allocateCounters()
+  readonly #logGate = new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT)
   readonly #slots: SlotTable
   readonly #workers: Slot[] = []
   /** endpoint id -> workers whose bind failed; the endpoint is failed while any is. */
@@ -106,6 +107,7 @@ export class WorkerPool {
       maxConnections: this.#opts.maxConnections,
       counters: this.#counters,
       own: slot.own,
+      logGate: this.#logGate,
       services: Object.values(store.state.services),
       endpoints: Object.values(store.state.endpoints),
       slots: this.#slots.entries(),
