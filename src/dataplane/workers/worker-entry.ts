@@ -142,6 +142,9 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
       case 'close':
         closing ??= (async () => {
           await Promise.allSettled([dataPlane.close(m.graceMs), dns.close()])
+          // The connections ended at the deadline write their lines from their sockets' 'close'
+          // events, a turn or two later: let them land before the log closes.
+          await new Promise((resolve) => setTimeout(resolve, 100))
           await accessLog.close()
           post({ type: 'closed' })
           port.close()

@@ -37,6 +37,8 @@ interface Slot {
   readonly index: number
   readonly own: SharedArrayBuffer
   worker: Worker | null
+  /** This incarnation said ready (its listeners are bound) and has not exited. */
+  serving: boolean
   /** Resolves when this incarnation is ready (or rejects when it could not start). */
   ready: Promise<void>
   closed: Promise<void> | null
@@ -65,6 +67,8 @@ export class WorkerPool {
 
   get size (): number { return this.#workers.length }
   get restarts (): number { return this.#restarts }
+  /** Workers whose listeners are bound now. */
+  get serving (): number { return this.#workers.filter((w) => w.serving).length }
   /** Live TCP connections + UDP flows over every worker. */
   get active (): number { return Atomics.load(new Int32Array(this.#counters), 0) }
   threadIds (): Array<number | undefined> { return this.#workers.map((w) => w.worker?.threadId) }
@@ -72,7 +76,13 @@ export class WorkerPool {
   /** Start every worker; resolves with the DNS addresses once all of them serve. */
   async start (): Promise<{ udp: AddressInfo, tcp: AddressInfo }> {
     const { store, upstream, metrics } = this.#opts
-    for (const id in store.state.endpoints) this.#slots.assign(id)
+    for (const id in store.state.endpoints) {
+      try {
+        this.#slots.assign(id)
+      } catch (err) {
+        this.#opts.logger.error({ err, endpointId: id }, 'no shared counter slot for this endpoint')
+      }
+    }
     this.#unsubscribe = store.subscribe(this.#onChanges)
     upstream.on('transition', this.#onTransition)
     metrics.setWorkerSource(() => this.gatherMetrics())
@@ -87,7 +97,7 @@ export class WorkerPool {
   }
 
   #add (index: number): Promise<{ udp: AddressInfo, tcp: AddressInfo }> {
-    const slot: Slot = { index, own: new SharedArrayBuffer(this.#counters.byteLength), worker: null, ready: Promise.resolve(), closed: null }
+    const slot: Slot = { index, own: new SharedArrayBuffer(this.#counters.byteLength), worker: null, serving: false, ready: Promise.resolve(), closed: null }
     this.#workers[index] = slot
     return this.#spawn(slot)
   }
@@ -120,6 +130,7 @@ export class WorkerPool {
       worker.on('message', (m: FromWorker) => {
         if (m.type === 'ready') {
           started = true
+          slot.serving = true
           resolve(m.dns as { udp: AddressInfo, tcp: AddressInfo })
         } else if (m.type === 'fatal') {
           if (!started) reject(new Error(m.message))
@@ -144,6 +155,7 @@ export class WorkerPool {
   #onExit (slot: Slot, worker: Worker, code: number): void {
     if (slot.worker !== worker) return
     slot.worker = null
+    slot.serving = false
     // Its connections are gone with it: give their units back to the shared counts.
     reclaimShare(this.#counters, slot.own)
     for (const [id, set] of this.#bindFailures) {
@@ -212,7 +224,14 @@ export class WorkerPool {
     for (const e of events) {
       if (e.kind === 'endpoint') {
         if (e.after === undefined) this.#slots.free(e.id)
-        else if (e.before === undefined) slots.push([e.id, this.#slots.assign(e.id)])
+        else if (e.before === undefined) {
+          try {
+            slots.push([e.id, this.#slots.assign(e.id)])
+          } catch (err) {
+            // Past ENDPOINT_SLOTS: the endpoint still serves, its limit counted per worker.
+            this.#opts.logger.error({ err, endpointId: e.id }, 'no shared counter slot for this endpoint')
+          }
+        }
         changes.push({ kind: 'endpoint', id: e.id, after: e.after })
       } else {
         changes.push({ kind: 'service', id: e.id, after: e.after })
