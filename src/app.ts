@@ -2,7 +2,7 @@
 // Dependencies run one way: api -> control <- dataplane, dns. The data plane reports bind
 // failures through a callback wired here, so it never writes to the control plane itself.
 import type { AddressInfo } from 'node:net'
-import { hostname } from 'node:os'
+import { availableParallelism, hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
@@ -19,6 +19,7 @@ import { DataPlane } from './dataplane/data-plane.ts'
 import { createUdpListener } from './dataplane/udp-proxy.ts'
 import { HealthChecker } from './dataplane/upstream/health-checker.ts'
 import { UpstreamState } from './dataplane/upstream/upstream-state.ts'
+import { resolveWorkerCount, WorkerPool } from './dataplane/workers/worker-pool.ts'
 import { DemoBackends, demoResources } from './demo/demo-backends.ts'
 import { DnsServer } from './dns/server.ts'
 import { ConfigError, isLinkgateError } from './errors.ts'
@@ -31,6 +32,11 @@ export interface AppOptions {
   readonly logger?: Logger
   /** Where the config came from, for error messages. */
   readonly configFile?: string
+  /**
+   * SPEC §11: run the TCP/UDP listeners and DNS in `config.workers` worker threads (what
+   * `linkgate start` does). Default false: everything on this thread (tests, embedding).
+   */
+  readonly workers?: boolean
 }
 
 export interface AppAddresses {
@@ -47,6 +53,8 @@ export interface App {
   readonly store: Store
   readonly upstream: UpstreamState
   readonly demo: DemoBackends | undefined
+  /** The data-plane workers, when AppOptions.workers. */
+  readonly workers: WorkerPool | undefined
   start (): Promise<AppAddresses>
   /** Stop accepting everywhere; live connections get up to `limits.shutdownGraceSeconds`, then end. Safe twice. */
   close (): Promise<void>
@@ -58,7 +66,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(config.log)
   const metrics = createMetrics(options.registry ?? new Registry())
   const upstream = new UpstreamState()
-  const accessLog = createAccessLog(config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
+  const useWorkers = options.workers === true
+  // With workers, each worker writes its own connections' lines.
+  const accessLog = createAccessLog(useWorkers ? 'off' : config.log.access, { logger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
   let store: Store | undefined
   let cluster: ClusterNode | undefined
   let lock: StateLock | undefined
@@ -68,6 +78,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
   let dns: DnsServer | undefined
   let api: ReturnType<typeof buildApiServer> | undefined
   let demo: DemoBackends | undefined
+  let workers: WorkerPool | undefined
   let closing: Promise<void> | undefined
 
   const required = <T>(value: T | undefined, what: string): T => {
@@ -83,6 +94,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get control () { return required(control, 'control') },
     get store () { return required(store, 'store') },
     get demo () { return demo },
+    get workers () { return workers },
 
     async start () {
       // Before anything opens or writes the state: a second instance stops here (SPEC §10).
@@ -129,39 +141,54 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         await control.applyDeclared(resources.services, resources.endpoints)
       }
       const ctl = control
-      dataPlane = new DataPlane({
-        config,
-        store,
-        metrics,
-        logger,
-        upstream,
-        accessLog,
-        udpFactory: createUdpListener,
-        budget,
-        ...(node === undefined ? {} : { serves: (ip: string) => node.owns(ip) }),
-        onEndpointFailed: (id, reason) => {
-          ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
-            logger.error({ err, endpointId: id }, 'could not record endpoint failure')
-          })
-        },
-        onEndpointRecovered: (id) => {
-          ctl.markEndpointRecovered(id).catch((err: unknown) => {
-            logger.error({ err, endpointId: id }, 'could not record endpoint recovery')
-          })
-        }
-      })
-      const plane = dataPlane
-      node?.onOwnedChanged((ips) => { plane.servedChanged(ips) })
-      health = new HealthChecker({ store, upstream, metrics, logger })
-      health.start()
-      await dataPlane.start()
-      dns = new DnsServer({ config, store, metrics, logger })
-      const dnsAddresses = await dns.start()
+      const onEndpointFailed = (id: string, reason: string): void => {
+        ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
+          logger.error({ err, endpointId: id }, 'could not record endpoint failure')
+        })
+      }
+      const onEndpointRecovered = (id: string): void => {
+        ctl.markEndpointRecovered(id).catch((err: unknown) => {
+          logger.error({ err, endpointId: id }, 'could not record endpoint recovery')
+        })
+      }
+      let dnsAddresses: AppAddresses['dns']
+      // Cluster mode's ownership filter (which endpoint IPs this node serves) is not yet carried
+      // to workers: a cluster node runs its data plane on the main thread for now.
+      if (useWorkers && node === undefined) {
+        health = new HealthChecker({ store, upstream, metrics, logger })
+        health.start()
+        workers = new WorkerPool({
+          count: resolveWorkerCount(config.workers, availableParallelism()),
+          config, store, upstream, metrics, logger, maxConnections, onEndpointFailed, onEndpointRecovered
+        })
+        dnsAddresses = await workers.start()
+      } else {
+        dataPlane = new DataPlane({
+          config,
+          store,
+          metrics,
+          logger,
+          upstream,
+          accessLog,
+          udpFactory: createUdpListener,
+          budget,
+          ...(node === undefined ? {} : { serves: (ip: string) => node.owns(ip) }),
+          onEndpointFailed,
+          onEndpointRecovered
+        })
+        const plane = dataPlane
+        node?.onOwnedChanged((ips) => { plane.servedChanged(ips) })
+        health = new HealthChecker({ store, upstream, metrics, logger })
+        health.start()
+        await dataPlane.start()
+        dns = new DnsServer({ config, store, metrics, logger })
+        dnsAddresses = await dns.start()
+      }
       api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo
-      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir, maxConnections }, 'linkgate started')
+      logger.info({ api: apiAddress, dns: dnsAddresses, stateDir: config.stateDir, maxConnections, workers: workers?.size ?? 0 }, 'linkgate started')
       return { api: apiAddress, dns: dnsAddresses }
     },
 
@@ -171,6 +198,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         await Promise.allSettled([
           api?.close(),
           dataPlane?.close(graceMs),
+          workers?.close(graceMs),
           dns?.close(),
           health?.close(),
           demo?.close()
@@ -186,6 +214,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
 
     destroy () {
       dataPlane?.destroy()
+      workers?.destroy()
       dns?.destroy()
       health?.destroy()
       demo?.destroy()

@@ -50,7 +50,7 @@ function banner (config: Config, addresses: AppAddresses, endpointIp: string | u
 
 async function start (values: { config?: string, 'state-dir'?: string }): Promise<void> {
   const config = await readConfig(values.config, values['state-dir'])
-  const app = buildApp(config, { configFile: values.config })
+  const app = buildApp(config, { configFile: values.config, workers: true })
   let signals = 0
   const onSignal = (signal: NodeJS.Signals): void => {
     signals++

@@ -188,7 +188,7 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
 
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/metrics', async (_request, reply) => {
-    const text = await metrics.registry.metrics()
+    const text = await metrics.exposition()
     return reply.type(metrics.registry.contentType).send(text)
   })
 

@@ -40,6 +40,12 @@ export function resolveConfig (raw: unknown, file = '<config>'): Config {
     throw new ConfigError(file, ['(root): must be a mapping of keys (got ' + (Array.isArray(raw) ? 'a list' : typeof raw) + ')'])
   }
   const errors = check(ConfigSchema, raw)
+  // `workers` is "auto" or a number: one line instead of one per branch of the union.
+  const workerErrors = errors.filter((e) => e.startsWith('workers:'))
+  if (workerErrors.length > 0) {
+    errors.splice(0, errors.length, ...errors.filter((e) => !e.startsWith('workers:')),
+      `workers: must be "auto" or an integer from 1 to 256 (got ${JSON.stringify((raw as Record<string, unknown>).workers)})`)
+  }
   // The cross checks run on what the schema passed: a broken item is left out (its error is
   // already listed) and the others are still checked, so one run names every problem.
   const valid = validPart(raw as Record<string, unknown>, errors)

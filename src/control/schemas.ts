@@ -186,6 +186,8 @@ export const ConfigSchema = Type.Object({
     interface: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,15}$' }))
   }, strict)),
   demo: Type.Boolean({ default: false }),
+  // SPEC §11: data-plane worker threads (`linkgate start`); `auto` = os.availableParallelism().
+  workers: Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], { default: 'auto' }),
   // Extensions beyond SPEC §2 (README "Configuration"): logging and the per-connection access log.
   log: Type.Object({
     level: StringEnum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, { default: 'info' }),

@@ -55,7 +55,7 @@ const RETRY_AFTER_ERROR_MS = 1000
 /** Pause after EAGAIN (a non-blocking pipe whose reader is behind). */
 const RETRY_AFTER_EAGAIN_MS = 20
 /** A write error is logged at most this often. */
-const ERROR_LOG_INTERVAL_MS = 60_000
+export const ERROR_LOG_INTERVAL_MS = 60_000
 
 export interface AccessLogOptions {
   /** Where write errors are reported (at most once a minute). */

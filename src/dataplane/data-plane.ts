@@ -22,7 +22,7 @@ import type { Store } from '../control/store.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import type { AccessLog } from './access-log.ts'
 import { unlimitedBudget, type ConnectionBudget } from './connection-budget.ts'
-import { EndpointRuntime } from './endpoint-runtime.ts'
+import { EndpointRuntime, type AdmissionCounter } from './endpoint-runtime.ts'
 import type { CloseReason, ListenerFactory, ProxyListener } from './listener.ts'
 import { describeSocketError } from './socket-errors.ts'
 import { createTcpListener } from './tcp-proxy.ts'
@@ -48,6 +48,8 @@ export interface DataPlaneOptions {
   readonly budget?: ConnectionBudget
   /** Bind retry delays, for tests; default BIND_RETRY_FIRST_MS and BIND_RETRY_MAX_MS. */
   readonly bindRetryMs?: { readonly first: number, readonly max: number }
+  /** With data-plane workers: the endpoint's count shared by every worker (SPEC §11); default: this process's own. */
+  readonly endpointCounter?: (endpoint: Endpoint) => AdmissionCounter | undefined
   /** UDP mappings are skipped without it. */
   readonly udpFactory?: ListenerFactory
   /** Defaults to the TCP proxy; replaceable for embedding. */
@@ -293,7 +295,8 @@ export class DataPlane {
       let entry = this.#entries.get(endpoint.id)
       if (entry === undefined) {
         entry = {
-          runtime: new EndpointRuntime(endpoint, service, balancer.balancer, this.#opts.metrics, this.#budget),
+          runtime: new EndpointRuntime(endpoint, service, balancer.balancer, this.#opts.metrics, this.#budget,
+            this.#opts.endpointCounter?.(endpoint)),
           endpoint,
           service,
           listeners: new Map(),

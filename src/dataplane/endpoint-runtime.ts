@@ -52,6 +52,12 @@ export class ProtocolStats {
   }
 }
 
+/** A per-endpoint count shared with other data-plane workers (SPEC §11); see workers/shared-counters.ts. */
+export interface AdmissionCounter {
+  tryAcquire (limit: number): boolean
+  release (): void
+}
+
 export class EndpointRuntime {
   endpoint: Endpoint
   service: EndpointService
@@ -70,9 +76,12 @@ export class EndpointRuntime {
   #allowAll4 = false
   #allowAll6 = false
   readonly #unhook: () => void
+  /** With workers: `maxConnectionsPerEndpoint` counted over all of them; `active` stays this worker's. */
+  readonly #shared: AdmissionCounter | undefined
 
   constructor (endpoint: Endpoint, service: EndpointService, balancer: ServiceBalancer, metrics: Metrics,
-    budget: ConnectionBudget = unlimitedBudget()) {
+    budget: ConnectionBudget = unlimitedBudget(), shared?: AdmissionCounter) {
+    this.#shared = shared
     this.endpoint = endpoint
     this.service = service
     this.balancer = balancer
@@ -136,8 +145,16 @@ export class EndpointRuntime {
    * process-wide budget; null when admitted, else the refusal reason (nothing is held then).
    */
   admit (limit: number): 'limit' | 'overload' | null {
-    if (this.active >= limit) return 'limit'
-    if (!this.budget.tryAcquire()) return 'overload'
+    const shared = this.#shared
+    if (shared === undefined) {
+      if (this.active >= limit) return 'limit'
+    } else if (!shared.tryAcquire(limit)) {
+      return 'limit'
+    }
+    if (!this.budget.tryAcquire()) {
+      shared?.release()
+      return 'overload'
+    }
     this.active++
     return null
   }
@@ -145,6 +162,7 @@ export class EndpointRuntime {
   /** Give back what admit() took. */
   release (): void {
     this.active--
+    this.#shared?.release()
     this.budget.release()
   }
 

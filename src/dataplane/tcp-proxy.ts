@@ -43,6 +43,7 @@ import type { CloseReason, ListenerContext, ListenerFactory, ProxyListener } fro
 import { createProxyHeaderEncoder, sendsHeader, type ProxyHeaderEncoder } from './proxy-protocol.ts'
 import { LogLimiter, isLocalTrouble, socketErrorReason } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
+import { socketSharing } from './socket-sharing.ts'
 
 /** Connect attempts per client connection, the first included (SPEC §5). */
 export const MAX_CONNECT_ATTEMPTS = 3
@@ -142,7 +143,7 @@ class TcpListener implements ProxyListener {
       }
       server.once('error', onError)
       server.once('listening', onListening)
-      server.listen({ host: runtime.endpoint.ip, port: mapping.terminalPort })
+      server.listen({ host: runtime.endpoint.ip, port: mapping.terminalPort, reusePort: socketSharing.reusePort })
     })
   }
 

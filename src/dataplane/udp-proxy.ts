@@ -27,6 +27,7 @@ import { LogLimiter, classifySocketError } from './socket-errors.ts'
 import type { Peer } from './upstream/balancer.ts'
 import type { UpstreamState } from './upstream/upstream-state.ts'
 import { UdpFlowTable, type FlowEntry } from './udp-flow-table.ts'
+import { socketSharing } from './socket-sharing.ts'
 
 /** Datagrams held per flow while its backend socket connects (a few microseconds); more are dropped. */
 const MAX_PENDING = 64
@@ -136,7 +137,7 @@ export class UdpListener implements ProxyListener {
     if (this.#state !== 'new') return Promise.reject(new Error(`UDP listener cannot listen: it is ${this.#state}`))
     this.#state = 'binding'
     const ip = this.#runtime.endpoint.ip
-    const socket = createSocket({ type: isIPv6(ip) ? 'udp6' : 'udp4', lookup: literal })
+    const socket = createSocket({ type: isIPv6(ip) ? 'udp6' : 'udp4', lookup: literal, reusePort: socketSharing.reusePort })
     return new Promise<void>((resolve, reject) => {
       const onBindError = (err: Error): void => {
         if (this.#state === 'binding') this.#state = 'closed'

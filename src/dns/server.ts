@@ -22,6 +22,7 @@ import { Forwarder } from './forwarder.ts'
 import { FrameParts } from './frame-parts.ts'
 import type { ChangeEvent } from '../control/model.ts'
 import { endpointRecords, LiveZone, nextSerial, recordsOf, type DnsRecord, type DnsZone } from './records.ts'
+import { socketSharing } from '../dataplane/socket-sharing.ts'
 
 export interface DnsServerOptions {
   readonly config: Config
@@ -204,7 +205,7 @@ export class DnsServer {
   #bindUdp (host: string, port: number): Promise<dgram.Socket> {
     return new Promise((resolve, reject) => {
       const v6 = net.isIPv6(host)
-      const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literalLookup(v6 ? 6 : 4) })
+      const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literalLookup(v6 ? 6 : 4), reusePort: socketSharing.reusePort })
       const onError = (err: Error): void => {
         try {
           socket.close()
@@ -236,7 +237,7 @@ export class DnsServer {
         reject(err)
       }
       server.once('error', onError)
-      server.listen({ host, port, exclusive: true }, () => {
+      server.listen({ host, port, exclusive: true, reusePort: socketSharing.reusePort }, () => {
         server.off('error', onError)
         server.on('error', (err) => {
           this.#logger.warn({ err }, 'dns tcp server error')

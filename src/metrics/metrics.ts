@@ -3,7 +3,10 @@
 //
 // Hot-path counting: the data plane keeps plain numbers (bytes per chunk, datagrams) on objects
 // it already holds, and publishes them through `beforeScrape` hooks, which run once per scrape.
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
+import { AggregatorRegistry, Counter, Gauge, Histogram, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client'
+
+/** One registry's metrics as `getMetricsAsJSON()` gives them (a data-plane worker's, SPEC §11). */
+export type MetricsJson = Array<MetricObjectWithValues<MetricValue<string>>>
 
 export interface Metrics {
   readonly registry: Registry
@@ -25,14 +28,24 @@ export interface Metrics {
   readonly endpoints: Gauge<'status'>
   /** SPEC §10: access-log lines dropped (write error, or more than 16 MiB waiting). */
   readonly accessLogDroppedTotal: Counter
+  /** SPEC §11: data-plane workers that died and were started again. */
+  readonly workerRestartsTotal: Counter
   /** Register a function run at the start of every scrape, to publish plain-number counters. */
   beforeScrape (hook: () => void): () => void
+  /**
+   * SPEC §11: where the data-plane workers' metrics come from at scrape time; `exposition()` sums
+   * them with this registry's (a series known only here is left as it is).
+   */
+  setWorkerSource (source: (() => Promise<MetricsJson[]>) | undefined): void
+  /** The text of /metrics: this registry, plus the workers' sums when there are workers. */
+  exposition (): Promise<string>
 }
 
 export type RefusalReason = 'limit' | 'source' | 'no_backend' | 'connect_failed' | 'overload'
 
 export function createMetrics (registry: Registry, options: { defaultMetrics?: boolean } = {}): Metrics {
   const hooks = new Set<() => void>()
+  let workerSource: (() => Promise<MetricsJson[]>) | undefined
   const runHooks = (): void => {
     for (const hook of hooks) hook()
   }
@@ -121,6 +134,8 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
       name: 'linkgate_service_fail_open',
       help: 'Services whose every backend with weight > 0 is unhealthy: 1 while new connections are spread over all of them (fail open).',
       labelNames: ['service_id'] as const,
+      // Every data-plane worker publishes the same verdict: one of them counts, not their sum.
+      aggregator: 'max',
       registers: [registry]
     }),
     endpoints: new Gauge({
@@ -134,9 +149,28 @@ export function createMetrics (registry: Registry, options: { defaultMetrics?: b
       help: 'Access-log lines dropped because the log could not be written or too much was waiting.',
       registers: [registry]
     }),
+    workerRestartsTotal: new Counter({
+      name: 'linkgate_worker_restarts_total',
+      help: 'Data-plane worker threads that died and were started again.',
+      registers: [registry]
+    }),
     beforeScrape (hook) {
       hooks.add(hook)
       return () => { hooks.delete(hook) }
+    },
+    setWorkerSource (source) {
+      workerSource = source
+    },
+    async exposition () {
+      if (workerSource === undefined) return await registry.metrics()
+      const workers = await workerSource()
+      const mine = await registry.getMetricsAsJSON()
+      const fromWorkers = new Set<string>()
+      for (const list of workers) for (const m of list) fromWorkers.add(m.name)
+      // A metric only this thread has (process and Node.js metrics, API, health) keeps its value
+      // as is: 'first' of one source, whatever its own aggregator says (prom-client omits some).
+      for (const m of mine) if (!fromWorkers.has(m.name)) (m as { aggregator: string }).aggregator = 'first'
+      return await AggregatorRegistry.aggregate([mine, ...workers]).metrics()
     }
   }
 }

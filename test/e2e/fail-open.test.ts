@@ -69,6 +69,9 @@ t.test('every backend unhealthy: connections go to all of them and linkgate_serv
     listen: { api: '127.72.4.1:0', dns: '127.72.4.1:0' },
     stateDir: join(dir, 'state'),
     subnets: [{ id: 'subnet-a', cidr: '127.72.4.0/24', zone: 'zone-a' }],
+    // One data-plane worker: the exact 5/5 below is one round robin's; with several workers
+    // (SPEC §11) each runs its own and ten connections split unevenly between them.
+    workers: 1,
     log: { level: 'warn' },
     services: [{
       id: SVC,
