@@ -231,7 +231,6 @@ export class DnsServer {
     return new Promise((resolve, reject) => {
       // allowHalfOpen: a client that sends its query and half-closes still gets the answer.
       const server = net.createServer({ allowHalfOpen: true, noDelay: true })
-      server.maxConnections = MAX_TCP_CONNECTIONS
       const onError = (err: Error): void => {
         server.close()
         reject(err)
@@ -384,7 +383,28 @@ export class DnsServer {
       socket.destroy()
       return
     }
-    const session = new TcpSession(socket, this, () => this.#tcpSessions.delete(session))
+    // At the bound, the least recently active connection with no query in flight makes room
+    // (as the control API does): a few hundred sockets that trickle a byte now and then cannot
+    // lock real clients out. Sessions move to the end of the set on every complete query.
+    if (this.#tcpSessions.size >= MAX_TCP_CONNECTIONS) {
+      let evicted = false
+      for (const old of this.#tcpSessions) {
+        if (!old.idle) continue
+        this.#tcpSessions.delete(old)
+        old.destroy()
+        evicted = true
+        break
+      }
+      if (!evicted) {
+        socket.destroy()
+        return
+      }
+    }
+    const session: TcpSession = new TcpSession(socket, this, () => this.#tcpSessions.delete(session),
+      () => {
+        if (!this.#tcpSessions.delete(session)) return
+        this.#tcpSessions.add(session)
+      })
     this.#tcpSessions.add(session)
   }
 }
@@ -407,6 +427,7 @@ class TcpSession {
   readonly #socket: net.Socket
   readonly #server: DnsServer
   readonly #onGone: () => void
+  readonly #onActive: () => void
   readonly #answer: Answer = createAnswer()
   /** Bytes of an incomplete message, as received: joined once the whole message is there. */
   readonly #partial = new FrameParts()
@@ -414,10 +435,11 @@ class TcpSession {
   #peerEnded = false
   #gone = false
 
-  constructor (socket: net.Socket, server: DnsServer, onGone: () => void) {
+  constructor (socket: net.Socket, server: DnsServer, onGone: () => void, onActive: () => void) {
     this.#socket = socket
     this.#server = server
     this.#onGone = onGone
+    this.#onActive = onActive
     socket.setTimeout(server.tcpIdleMs)
     socket.on('data', this.#onData)
     socket.on('drain', this.#flow)
@@ -429,6 +451,11 @@ class TcpSession {
 
   readonly destroy = (): void => {
     this.#socket.destroy()
+  }
+
+  /** No query of this connection waits for an answer: it may be closed to make room. */
+  get idle (): boolean {
+    return this.#inflight === 0
   }
 
   readonly #onError = (err: Error): void => {
@@ -467,6 +494,7 @@ class TcpSession {
       p += 2 + size
     }
     if (p < buf.length) this.#partial.keep(buf.subarray(p))
+    if (p > 0) this.#onActive()
     this.#flow()
   }
 

@@ -71,6 +71,38 @@ t.test('the DNS server answers a query that arrives over TCP one byte at a time'
   t.equal((response.answers[0] as { address?: string } | undefined)?.address, '127.71.31.5')
 })
 
+t.test('300 TCP connections that trickle a byte now and then do not lock a real client out', async (t) => {
+  const ep = makeEndpoint({ id: 'vpce-0000000071d2', ip: '127.71.31.6' })
+  const fx = await startDns(t, { host: '127.71.30.2', endpoints: [ep] })
+  const drips: net.Socket[] = []
+  t.teardown(() => { for (const s of drips) s.destroy() })
+  for (let i = 0; i < 300; i++) {
+    const s = net.connect({ host: fx.host, port: fx.tcpPort })
+    s.on('error', () => {})
+    drips.push(s)
+    await new Promise<void>((resolve) => { s.once('connect', () => resolve()); s.once('close', () => resolve()) })
+    if (!s.destroyed) s.write(Buffer.from([0])) // half a length prefix: never a whole query
+  }
+  await sleep(200)
+  const open = drips.filter((s) => !s.destroyed).length
+  t.ok(open <= 256, `at most 256 held open (${open})`)
+  const name = regionalName(ep, fx.config)
+  const socket = net.connect({ host: fx.host, port: fx.tcpPort })
+  t.teardown(() => socket.destroy())
+  const answer = new Promise<Buffer>((resolve, reject) => {
+    let buf = Buffer.alloc(0)
+    socket.on('error', reject)
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d])
+      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) resolve(buf.subarray(2))
+    })
+  })
+  socket.write(frame(encodeQuery(name, Packet.TYPE.A, { id: 7132 })))
+  const response = Packet.parse(await answer)
+  t.equal(response.header.id, 7132)
+  t.equal((response.answers[0] as { address?: string } | undefined)?.address, '127.71.31.6', 'answered while 256 drippers hold connections')
+})
+
 t.test('the forwarder\'s in-flight cap counts the TCP fallbacks of truncated answers', async (t) => {
   // Upstream: UDP answers every query truncated (TC); TCP accepts and never answers.
   const udp = dgram.createSocket('udp4')
