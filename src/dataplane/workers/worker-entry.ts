@@ -4,6 +4,7 @@
 // message, applies them to its own MemoryView, and feeds the unchanged DataPlane and DnsServer
 // through the same `subscribe` interface. Health verdicts come from the main thread's
 // HealthChecker; passive failures seen here go to it. Limits are shared counters (Atomics).
+import { createLogger } from '../../logger.ts'
 import { parentPort, workerData } from 'node:worker_threads'
 import pino from 'pino'
 import { Registry } from 'prom-client'
@@ -73,7 +74,7 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
   const post = (m: FromWorker): void => { port.postMessage(m) }
   socketSharing.reusePort = true
   const { config } = data
-  const logger = pino({ level: config.log.level }).child({ worker: data.index })
+  const logger = createLogger(config.log).child({ worker: data.index })
   const metrics = createMetrics(new Registry(), { defaultMetrics: false })
   const store = new MirrorStore((err) => { logger.error({ err }, 'a consumer of store changes failed') })
   for (const s of data.services) store.load('service', s)

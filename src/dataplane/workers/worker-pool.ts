@@ -3,6 +3,7 @@
 // verdicts to them and their passive failures and bind failures back, gathers their metrics at
 // scrape time, restarts one that dies (within 1 s, its share of the shared counters taken
 // back), and drains them all at shutdown.
+import { wantsPretty } from '../../logger.ts'
 import type { AddressInfo } from 'node:net'
 import { Worker } from 'node:worker_threads'
 import type { Logger } from 'pino'
@@ -42,6 +43,8 @@ interface Slot {
   /** Resolves when this incarnation is ready (or rejects when it could not start). */
   ready: Promise<void>
   closed: Promise<void> | null
+  /** When this slot's worker last died (ms since the epoch), to tell a crash loop from a crash. */
+  lastExitAt?: number
 }
 
 export class WorkerPool {
@@ -113,7 +116,8 @@ export class WorkerPool {
     }
     const data: WorkerData = {
       index: slot.index,
-      config: this.#config,
+      // A worker's stdout is a pipe to this thread: `auto` is decided here, where the terminal is.
+      config: { ...this.#config, log: { ...this.#config.log, format: wantsPretty(this.#config.log.format, process.stdout.isTTY === true) ? 'pretty' : 'json' } },
       maxConnections: this.#opts.maxConnections,
       counters: this.#counters,
       own: slot.own,
@@ -167,13 +171,18 @@ export class WorkerPool {
     if (this.#closing) return
     this.#restarts++
     this.#opts.metrics.workerRestartsTotal.inc()
-    this.#opts.logger.error({ worker: slot.index, code }, `data-plane worker exited; restarting it in ${RESTART_DELAY_MS} ms`)
+    // The first death in a while restarts at once (the 1 s of SPEC §11 is mostly module loading);
+    // a worker that keeps dying waits RESTART_DELAY_MS between attempts.
+    const now = Date.now()
+    const delayMs = slot.lastExitAt === undefined || now - slot.lastExitAt > 10_000 ? 0 : RESTART_DELAY_MS
+    slot.lastExitAt = now
+    this.#opts.logger.error({ worker: slot.index, code }, `data-plane worker exited; restarting it in ${delayMs} ms`)
     const timer = setTimeout(() => {
       if (this.#closing) return
       this.#spawn(slot).catch((err: unknown) => {
         this.#opts.logger.error({ err, worker: slot.index }, 'data-plane worker could not start again')
       })
-    }, RESTART_DELAY_MS)
+    }, delayMs)
     timer.unref()
   }
 
