@@ -16,7 +16,7 @@ import { Worker } from 'node:worker_threads'
 import { StateCorruptError } from '../errors.ts'
 import type { ChangeEvent, Endpoint, EndpointService, State } from './model.ts'
 import {
-  checkResource, MemoryView, Subscribers, type Change, type ChangeListener, type Draft, type IndexName, type Store
+  checkResource, MemoryView, SerialQueue, Subscribers, type Change, type ChangeListener, type Draft, type IndexName, type Store
 } from './store.ts'
 import { applyPragmas, DB_FILE, FORMAT_VERSION, SCHEMA } from './store-sqlite-schema.ts'
 import type { WriteReply, WriteRequest } from './store-sqlite-writer.ts'
@@ -48,11 +48,10 @@ export class SqliteStore implements Store {
   readonly #worker: Worker
   readonly #pending = new Map<number, Pending>()
   readonly #onWriterFailed: ((err: Error) => void) | undefined
-  #queue: Promise<unknown> = Promise.resolve()
+  readonly #queue = new SerialQueue()
   #seq = 0
   #broken: Error | undefined
   #closed = false
-  #closing: Promise<void> | undefined
 
   private constructor (file: string, view: MemoryView, worker: Worker, options: SqliteStoreOptions) {
     this.file = file
@@ -106,8 +105,7 @@ export class SqliteStore implements Store {
   }
 
   transact<T> (fn: (draft: Draft) => T): Promise<T> {
-    const run = async (): Promise<T> => {
-      if (this.#closed) throw new Error('state store is closed')
+    return this.#queue.run(async () => {
       if (this.#broken !== undefined) throw new Error(`state store cannot write: ${this.#broken.message}`)
       const draft = this.#view.draft()
       let result: T
@@ -122,23 +120,18 @@ export class SqliteStore implements Store {
       const events: ChangeEvent[] = this.#view.apply(changes)
       this.#subscribers.emit(events)
       return result
-    }
-    const next = this.#queue.then(run, run)
-    this.#queue = next.catch(() => {})
-    return next
+    })
   }
 
   close (): Promise<void> {
-    this.#closing ??= (async () => {
-      await this.#queue
+    return this.#queue.close(async () => {
       this.#closed = true
       if (this.#broken !== undefined) return
       const exited = new Promise<void>((resolve) => this.#worker.once('exit', () => resolve()))
       this.#worker.ref() // until it has closed the database and exited
       this.#worker.postMessage('close')
       await exited
-    })()
-    return this.#closing
+    })
   }
 
   #write (changes: readonly Change[]): Promise<void> {

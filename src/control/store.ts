@@ -73,6 +73,11 @@ export interface Store extends StoreView {
    * When `fn` throws or the write fails, nothing changes and the promise rejects.
    */
   transact<T> (fn: (draft: Draft) => T): Promise<T>
+  /**
+   * At most this many resources changed per transaction (etcd: `--max-txn-ops`); undefined: no
+   * bound. A rule that may change many resources at once makes them in steps of this many.
+   */
+  readonly maxWritesPerTransaction?: number
   /** Hear every committed change, one batch per transaction; returns the unsubscribe. */
   subscribe (listener: ChangeListener): () => void
   /** Let queued transactions finish, then release the storage. Safe twice. */
@@ -340,6 +345,31 @@ export class Subscribers {
         this.#onError(err)
       }
     }
+  }
+}
+
+/**
+ * A store's transactions run one at a time, in the order they were asked for: the draft of the
+ * next one is taken only after the previous one is applied (a node never races itself). `close`
+ * lets what is queued finish, then runs `finish` once; a task asked for after that is refused.
+ */
+export class SerialQueue {
+  #tail: Promise<unknown> = Promise.resolve()
+  #closing: Promise<void> | undefined
+
+  /** True from the first `close` on. */
+  get closing (): boolean { return this.#closing !== undefined }
+
+  run<T> (task: () => Promise<T>): Promise<T> {
+    if (this.#closing !== undefined) return Promise.reject(new Error('state store is closed'))
+    const next = this.#tail.then(task, task)
+    this.#tail = next.catch(() => {})
+    return next
+  }
+
+  close (finish: () => Promise<void>): Promise<void> {
+    this.#closing ??= this.#tail.then(finish)
+    return this.#closing
   }
 }
 

@@ -49,7 +49,7 @@ const ROUTES = [
   '/v1/endpoint-services/{svc}/allowed-accounts/{account}', '/v1/endpoint-services/{svc}/connections',
   '/v1/endpoint-services/{svc}/connections/{ep}/accept', '/v1/endpoint-services/{svc}/connections/{ep}/reject',
   '/v1/available-services', '/v1/available-services?name=db', '/v1/endpoints', '/v1/endpoints/{ep}',
-  '/v1', '/v1/', '/v1/load-balancers', '/healthz', '/metrics', '/', '/v2/endpoints'
+  '/v1/cluster', '/v1', '/v1/', '/v1/load-balancers', '/healthz', '/metrics', '/', '/v2/endpoints'
 ]
 const METHODS = ['GET', 'GET', 'POST', 'POST', 'PUT', 'PATCH', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS']
 
@@ -164,7 +164,8 @@ const DOCUMENTED_PAIRS: Array<[string, string, fc.Arbitrary<unknown> | undefined
   ['POST', '/v1/endpoint-services/{svc}/connections/{ep}/accept', undefined],
   ['POST', '/v1/endpoint-services/{svc}/connections/{ep}/reject', undefined],
   ['GET', '/v1/available-services', undefined], ['POST', '/v1/endpoints', validEndpoint], ['GET', '/v1/endpoints', undefined],
-  ['GET', '/v1/endpoints/{ep}', undefined], ['PATCH', '/v1/endpoints/{ep}', validPatch], ['DELETE', '/v1/endpoints/{ep}', undefined]
+  ['GET', '/v1/endpoints/{ep}', undefined], ['PATCH', '/v1/endpoints/{ep}', validPatch], ['DELETE', '/v1/endpoints/{ep}', undefined],
+  ['GET', '/v1/cluster', undefined]
 ]
 const documentedIds = fc.record({
   svc: fc.constantFrom<IdRef>('svc', 'svc', 'svc', 'svc', 'foreignSvc', 'randomSvc'),
@@ -232,6 +233,9 @@ t.test('generated requests: documented statuses, the error envelope, never 500, 
       }
       if (JSON.stringify(api.store.state) !== beforeMemory) throw new Error(`refused, but the state changed: ${what}`)
       if (await onDisk(api.store.file) !== beforeDisk) throw new Error(`refused, but the file changed: ${what}`)
+    }
+    if (r.method === 'GET' && path === '/v1/cluster' && res.status === 200 && !Array.isArray(res.body?.items)) {
+      throw new Error(`GET /v1/cluster without an items list: ${what}`)
     }
     if (!VALID_TOKEN.has(authorization ?? '') && isUnderV1(path) && res.status !== 401) {
       throw new Error(`a /v1 path answered without a valid token: ${what}`)
