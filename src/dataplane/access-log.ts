@@ -64,6 +64,8 @@ export interface AccessLogOptions {
   readonly onDrop?: (lines: number) => void
   /** Default MAX_BUFFERED_BYTES; smaller in tests. */
   readonly maxBufferedBytes?: number
+  /** The data-plane worker that writes these lines (SPEC §11): a `worker` field on each line. */
+  readonly worker?: number
 }
 
 /** `off`, `stdout`, `stderr`, or a file path (appended to; its directory is created). */
@@ -116,6 +118,7 @@ class FdAccessLog implements AccessLog {
   readonly #logger: Logger | undefined
   readonly #onDrop: (lines: number) => void
   readonly #maxBuffered: number
+  readonly #worker: number | undefined
   readonly #errorLog = new LogLimiter(ERROR_LOG_INTERVAL_MS)
   /** Lines not yet handed to a write. */
   #queue: string[] = []
@@ -139,6 +142,7 @@ class FdAccessLog implements AccessLog {
     this.#logger = options.logger
     this.#onDrop = options.onDrop ?? (() => {})
     this.#maxBuffered = options.maxBufferedBytes ?? MAX_BUFFERED_BYTES
+    this.#worker = options.worker
   }
 
   write (entry: AccessLogEntry): void {
@@ -146,7 +150,7 @@ class FdAccessLog implements AccessLog {
       this.#onDrop(1)
       return
     }
-    const line = JSON.stringify({ level: 30, time: new Date().toISOString(), ...entry, msg: 'access' }) + '\n'
+    const line = JSON.stringify({ level: 30, time: new Date().toISOString(), worker: this.#worker, ...entry, msg: 'access' }) + '\n'
     if (this.#buffered + line.length > this.#maxBuffered) {
       this.#onDrop(1)
       this.#reportOnce(null, 'access log: more than the buffer limit waiting; dropping lines')

@@ -99,7 +99,7 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
     }
   }).child({ worker: data.index })
   const served = data.served === null ? null : new Set(data.served)
-  const accessLog = createAccessLog(config.log.access, { logger: accessLogLogger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
+  const accessLog = createAccessLog(config.log.access, { logger: accessLogLogger, worker: data.index, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
 
   const dataPlane = new DataPlane({
     config,
