@@ -90,14 +90,15 @@ t.test('address actuator', async (t) => {
     const mac = (JSON.parse(ip('-n', A, '-j', 'link', 'show', 'eth0')) as Array<{ address: string }>)[0]!.address
     ip('-n', B, '-6', 'route', 'add', '2001:2:0:21::/64', 'dev', 'eth0')
     ip('-n', B, '-6', 'neigh', 'replace', '2001:2:0:21::5', 'lladdr', '02:00:5e:00:53:02', 'dev', 'eth0', 'nud', 'stale')
+    const v6s = async (usable: boolean): Promise<string[]> => (await v6.listInterface({ usable })).filter((a) => a.includes(':'))
     const addedAt = Date.now()
     await v6.set(new Set(['2001:2:0:21::5']))
-    t.same(await v6.listInterface(), ['2001:2:0:21::5'], 'the /128 is on the interface')
-    t.same(await v6.listInterface({ usable: true }), [], 'not usable while DAD runs (tentative)')
+    t.same(await v6s(false), ['2001:2:0:21::5'], 'the /128 is on the interface')
+    t.same(await v6s(true), [], 'not usable while DAD runs (tentative)')
     let usableAfter = -1
     for (let i = 0; i < 50 && usableAfter < 0; i++) {
       await sleep(100)
-      if ((await v6.listInterface({ usable: true })).length === 1) usableAfter = Date.now() - addedAt
+      if ((await v6s(true)).length === 1) usableAfter = Date.now() - addedAt
     }
     t.ok(usableAfter >= 0, `usable after DAD (${usableAfter} ms)`)
     let lladdr = ''
@@ -107,7 +108,7 @@ t.test('address actuator', async (t) => {
     }
     t.equal(lladdr, mac, 'the unsolicited NA moved the neighbour\'s entry to our MAC')
     await v6.refresh()
-    t.same(await v6.listInterface({ usable: true }), ['2001:2:0:21::5'], 'a refresh (addr replace) does not restart DAD')
+    t.same(await v6s(true), ['2001:2:0:21::5'], 'a refresh (addr replace) does not restart DAD')
   })
 
   t.test('bad input is refused with the field named', async (t) => {
