@@ -110,7 +110,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       const budget = new ConnectionBudget(maxConnections)
       // SPEC §12: with a cluster section the state is etcd's, shared by every node.
       if (config.cluster !== undefined) {
-        cluster = await ClusterNode.start(config.cluster, logger)
+        cluster = await ClusterNode.start(config.cluster, logger, config.subnets.map((s) => s.cidr))
         store = cluster.store
       } else {
         store = await SqliteStore.open(config.stateDir, {
@@ -142,6 +142,13 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       }
       const ctl = control
       const onEndpointFailed = (id: string, reason: string): void => {
+        // Cluster mode: an address missing from this node's interface (expired, removed by hand)
+        // is this node's trouble, not the endpoint's: the data plane retries the bind, and the
+        // endpoint is not marked failed for every node in etcd.
+        if (node !== undefined && reason.includes('EADDRNOTAVAIL')) {
+          logger.warn({ endpointId: id, reason }, 'cluster: endpoint address not on this node yet; retrying the bind')
+          return
+        }
         ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
           logger.error({ err, endpointId: id }, 'could not record endpoint failure')
         })
@@ -152,15 +159,17 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         })
       }
       let dnsAddresses: AppAddresses['dns']
-      // Cluster mode's ownership filter (which endpoint IPs this node serves) is not yet carried
-      // to workers: a cluster node runs its data plane on the main thread for now.
-      if (useWorkers && node === undefined) {
+      if (useWorkers) {
         health = new HealthChecker({ store, upstream, metrics, logger })
         health.start()
         workers = new WorkerPool({
           count: resolveWorkerCount(config.workers, availableParallelism()),
-          config, store, upstream, metrics, logger, maxConnections, onEndpointFailed, onEndpointRecovered
+          config, store, upstream, metrics, logger, maxConnections, onEndpointFailed, onEndpointRecovered,
+          // Cluster mode: the workers listen only on the IPs this node serves (SPEC §12).
+          ...(node === undefined ? {} : { served: () => node.served })
         })
+        const pool = workers
+        node?.onOwnedChanged((ips) => { pool.servedChanged(ips) })
         dnsAddresses = await workers.start()
       } else {
         dataPlane = new DataPlane({
@@ -195,7 +204,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     close () {
       closing ??= (async () => {
         const graceMs = config.limits.shutdownGraceSeconds * 1000
-        await Promise.allSettled([
+        const draining = Promise.allSettled([
           api?.close(),
           dataPlane?.close(graceMs),
           workers?.close(graceMs),
@@ -203,6 +212,11 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           health?.close(),
           demo?.close()
         ])
+        // SPEC §12: the listeners stop accepting above; the endpoint IPs are released now, not
+        // after the drain, so other nodes take them over at once (live connections keep their
+        // sockets here until they end or the grace runs out).
+        await cluster?.release()
+        await draining
         // Last: the rooms above may still record a change (a bind failure) while they close.
         await store?.close()
         await cluster?.close()

@@ -1,15 +1,18 @@
 // Puts owned endpoint IPs on the node's interface (SPEC §12): each as a /32 (/128) whose
-// valid_lft and preferred_lft are the lease TTL, refreshed (`ip addr replace`) every time the
-// lease is renewed, so the kernel removes the addresses of a killed or frozen process by itself.
-// A new address is announced with gratuitous ARP (`arping -U -c 2 -I IFACE IP`, iputils; since
-// Linux 4.12 it updates neighbours' existing entries). IPv6 addresses are added with `nodad`;
-// unsolicited NA is not sent yet (no iputils tool does it) -- neighbours re-resolve when their
-// entry goes stale. (Linux sends one itself after DAD when ndisc_notify=1, but only with DAD on,
-// which keeps the address tentative for 1-2 s: see README "Cluster".)
+// valid_lft and preferred_lft are the given lifetime (cluster mode: lease TTL - 1 s), refreshed
+// (`ip addr replace`) every time the lease is renewed, so the kernel removes the addresses of a
+// killed or frozen process by itself. A new IPv4 address is announced with gratuitous ARP
+// (`arping -U -c 2 -I IFACE IP`, iputils; since Linux 4.12 it updates neighbours' existing
+// entries). IPv6 addresses keep DAD: with `net.ipv6.conf.IFACE.ndisc_notify=1` (which
+// `enableNdiscNotify` sets) Linux itself sends the unsolicited NA (override flag) once DAD
+// completes, and DAD refuses an address still held by another node. The address is tentative
+// for 1-2 s meanwhile; `listInterface({ usable: true })` leaves tentative and DAD-failed ones out,
+// and cluster mode serves an IP only once it is usable (README "Cluster": nodad vs ndisc_notify).
 //
 // Every change runs as one `ip -force -batch -` process, and changes run one at a time in the
 // order asked, so a removal is never overtaken by an earlier refresh.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { writeFile } from 'node:fs/promises'
 import { isIP } from 'node:net'
 import ipaddr from 'ipaddr.js'
 
@@ -131,14 +134,30 @@ export class AddressActuator {
     for (const child of this.#arpings) child.kill('SIGKILL')
   }
 
-  /** Local addresses on the interface (as plain addresses), for start-up clean-up and tests. */
-  async listInterface (): Promise<string[]> {
+  /** Whether any endpoint subnet is IPv6 (then `enableNdiscNotify` is wanted). */
+  get hasIpv6 (): boolean { return this.#subnets.some(([net]) => net.kind() === 'ipv6') }
+
+  /** `net.ipv6.conf.IFACE.ndisc_notify = 1` in this process's network namespace: Linux then sends
+   *  an unsolicited NA for each IPv6 address once its DAD completes. */
+  async enableNdiscNotify (): Promise<void> {
+    if (this.#nsArgs.length > 0) {
+      const res = await run(this.#ip, ['netns', 'exec', this.#nsArgs[1] as string, 'sysctl', '-qw', `net.ipv6.conf.${this.#iface}.ndisc_notify=1`])
+      if (res.code !== 0) throw new Error(`sysctl ndisc_notify on ${this.#iface}: ${res.stderr.trim()}`)
+      return
+    }
+    await writeFile(`/proc/sys/net/ipv6/conf/${this.#iface}/ndisc_notify`, '1\n')
+  }
+
+  /** Local /32 and /128 addresses on the interface (as plain addresses), for start-up clean-up and
+   *  tests; `usable`: only those the kernel lets a socket bind (not tentative, not DAD-failed). */
+  async listInterface (options: { usable?: boolean } = {}): Promise<string[]> {
     const res = await run(this.#ip, [...this.#nsArgs, '-j', 'addr', 'show', 'dev', this.#iface])
     if (res.code !== 0) throw new Error(`ip addr show dev ${this.#iface}: ${res.stderr.trim() || `exit ${res.code}`}`)
-    const links = JSON.parse(res.stdout) as Array<{ addr_info?: Array<{ local?: string, prefixlen?: number }> }>
+    const links = JSON.parse(res.stdout) as Array<{ addr_info?: Array<{ local?: string, prefixlen?: number, tentative?: boolean, dadfailed?: boolean }> }>
     const out: string[] = []
     for (const link of links) {
       for (const a of link.addr_info ?? []) {
+        if (options.usable === true && (a.tentative === true || a.dadfailed === true)) continue
         if (typeof a.local === 'string' && a.prefixlen === hostPrefix(a.local)) out.push(a.local)
       }
     }
@@ -153,7 +172,7 @@ export class AddressActuator {
 
   #replaceLine (ip: string): string {
     const lft = String(this.#lifetime)
-    return `addr replace ${ip}/${hostPrefix(ip)} dev ${this.#iface} valid_lft ${lft} preferred_lft ${lft}${isIP(ip) === 6 ? ' nodad' : ''}`
+    return `addr replace ${ip}/${hostPrefix(ip)} dev ${this.#iface} valid_lft ${lft} preferred_lft ${lft}`
   }
 
   #delLine (ip: string): string { return `addr del ${ip}/${hostPrefix(ip)} dev ${this.#iface}` }

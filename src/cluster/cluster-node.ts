@@ -1,7 +1,15 @@
 // A node's part in cluster mode (SPEC §12), as app.ts starts it: the etcd client, the etcd
 // store, membership (the node's lease and registration) and ownership (which accepted endpoint
-// IPs this node owns, fed from the store's change events). `GET /v1/cluster` and the cluster
+// IPs this node owns, fed from the store's change events) and, when `cluster.interface` is set,
+// the address actuator that puts owned IPs on that interface. `GET /v1/cluster` and the cluster
 // metrics read `items()`. Without a `cluster` section, `singleNodeItems` answers for the node alone.
+//
+// What the data plane serves (`owns`) is the owned IPs whose address is on the interface (every
+// owned IP without an interface): an IP is served only after its claim succeeded AND `ip addr
+// replace` put it there, so the listener can bind; an IP that is lost stops being served before
+// its address is removed. An address lives leaseTtl - 1 s (as test/fixtures/cluster-node.ts:
+// the refresh runs a beat after the keepalive, and a killed owner's address must be gone before
+// the next owner's take-over grace ends) and is refreshed at every lease renewal.
 import { hostname } from 'node:os'
 import type { Etcd3 } from 'etcd3'
 import type { Logger } from 'pino'
@@ -9,6 +17,7 @@ import { Gauge, type Registry } from 'prom-client'
 import { isBindFailure, type State } from '../control/model.ts'
 import type { Config } from '../control/schemas.ts'
 import { EtcdStore } from '../control/store-etcd.ts'
+import { AddressActuator } from './address-actuator.ts'
 import { createEtcdClient } from './etcd-client.ts'
 import { Membership } from './membership.ts'
 import { Ownership } from './ownership.ts'
@@ -42,27 +51,57 @@ export class ClusterNode {
   readonly #client: Etcd3
   readonly #membership: Membership
   readonly #ownership: Ownership
+  readonly #actuator: AddressActuator | undefined
+  readonly #logger: Logger
   #unsubscribe: (() => void) | undefined
+  /** Owned, as ownership last said (claim succeeded, take-over grace over). */
   #owned: ReadonlySet<string> = new Set()
-  #onOwned: ((changed: readonly string[]) => void) | undefined
+  /** Owned and on the interface: what the data plane listens on. */
+  #served: ReadonlySet<string> = new Set()
+  /** Presence checks of added addresses run one at a time. */
+  #checking: Promise<void> = Promise.resolve()
+  #onServed: ((changed: readonly string[]) => void) | undefined
+  #releasing: Promise<void> | undefined
   #closing: Promise<void> | undefined
 
-  private constructor (nodeId: string, client: Etcd3, store: EtcdStore, membership: Membership, ownership: Ownership) {
+  private constructor (nodeId: string, client: Etcd3, store: EtcdStore, membership: Membership, ownership: Ownership,
+    actuator: AddressActuator | undefined, logger: Logger) {
     this.nodeId = nodeId
     this.#client = client
     this.store = store
     this.#membership = membership
     this.#ownership = ownership
+    this.#actuator = actuator
+    this.#logger = logger
   }
 
-  /** Open the store, register the node, start claiming the accepted endpoint IPs. */
-  static async start (config: ClusterConfig, logger: Logger): Promise<ClusterNode> {
+  /** Open the store, clean the interface, register the node, start claiming the accepted endpoint IPs.
+   *  `subnets`: the endpoint subnets (CIDRs) whose /32 (/128) addresses on the interface are this node's to manage. */
+  static async start (config: ClusterConfig, logger: Logger, subnets: readonly string[] = []): Promise<ClusterNode> {
     const client = createEtcdClient({ endpoints: config.etcd.endpoints })
     const { prefix } = config.etcd
     let store: EtcdStore | undefined
     let membership: Membership | undefined
+    let actuator: AddressActuator | undefined
     let node: ClusterNode | undefined
     try {
+      if (config.interface !== undefined) {
+        const iface = config.interface
+        actuator = new AddressActuator({
+          iface,
+          lifetimeSeconds: Math.max(1, config.leaseTtlSeconds - 1),
+          subnets,
+          onWarning: (err) => { logger.warn({ err, interface: iface }, 'cluster.interface') }
+        })
+        // Nothing is owned yet: a killed predecessor's endpoint addresses go. A missing interface
+        // (or no `ip`) stops the start here, naming the field.
+        await actuator.start().catch((err: unknown) => { throw new Error(`cluster.interface ${JSON.stringify(iface)}: ${(err as Error).message}`) })
+        if (actuator.hasIpv6) {
+          await actuator.enableNdiscNotify().catch((err: unknown) => {
+            logger.warn({ err, interface: iface }, 'cluster.interface: could not set ndisc_notify; moved IPv6 endpoint IPs are not announced')
+          })
+        }
+      }
       store = await EtcdStore.open(client, { prefix, onWarning: (err) => { logger.warn({ err }, 'etcd store') } })
       membership = new Membership({ client, prefix, nodeId: config.nodeId, leaseTtlSeconds: config.leaseTtlSeconds })
       membership.on('warning', (err: unknown) => { logger.warn({ err }, 'cluster membership') })
@@ -72,40 +111,86 @@ export class ClusterNode {
         client,
         prefix,
         membership,
-        // Adding the addresses to cluster.interface is the next step (README "Cluster").
-        onChange: (owned) => {
+        // As the lab's fixture: a lower-ranked node steps in after 1.5 s per rank, so a slow
+        // first-ranked claim on a loaded machine is not beaten by a stand-in (which would keep
+        // the IP: no rebalancing). Failover is unaffected: the first-ranked live node claims at once.
+        claimStepMs: 1500,
+        onChange: async (owned) => {
           logger.info({ owned: owned.size }, 'owned endpoint IPs changed')
-          if (node !== undefined) node.#ownedChanged(owned)
+          if (node !== undefined) await node.#ownedChanged(owned)
         }
       })
       ownership.on('warning', (err: unknown) => { logger.warn({ err }, 'cluster ownership') })
-      node = new ClusterNode(config.nodeId, client, store, membership, ownership)
+      node = new ClusterNode(config.nodeId, client, store, membership, ownership, actuator, logger)
+      const self = node
+      if (actuator !== undefined) {
+        const addresses = actuator
+        // Every renewal gives the addresses a fresh lifetime; one that could not be added is tried again.
+        membership.on('renewed', () => {
+          void addresses.refresh().then(() => { if (self.#served.size < self.#owned.size) return self.#checkPresent() })
+        })
+      }
       await ownership.start()
       const wanted = store
       ownership.setWanted(acceptedIps(wanted.state))
       node.#unsubscribe = store.subscribe((events) => {
         if (events.some((e) => e.kind === 'endpoint')) ownership.setWanted(acceptedIps(wanted.state))
       })
-      if (config.interface !== undefined) logger.warn({ interface: config.interface }, 'cluster.interface: owned IPs are claimed but not yet added to the interface')
       return node
     } catch (err) {
       await membership?.stop().catch(() => {})
+      await actuator?.close().catch(() => {})
       await store?.close().catch(() => {})
       client.close()
       throw err
     }
   }
 
-  /** Whether this node owns (and so serves) `ip` now. */
-  owns (ip: string): boolean { return this.#owned.has(ip) }
+  /** Whether this node serves `ip` now: it owns it and (with an interface) the address is there. */
+  owns (ip: string): boolean { return this.#served.has(ip) }
 
-  /** Hear which IPs this node gained or lost (one listener: the data plane's `servedChanged`). */
-  onOwnedChanged (listener: (changed: readonly string[]) => void): void { this.#onOwned = listener }
+  /** The IPs `owns` says yes to (for the data-plane workers' snapshot). */
+  get served (): ReadonlySet<string> { return this.#served }
 
-  #ownedChanged (owned: ReadonlySet<string>): void {
-    const changed = [...owned].filter((ip) => !this.#owned.has(ip)).concat([...this.#owned].filter((ip) => !owned.has(ip)))
+  /** Hear which IPs this node started or stopped serving (one listener: the data plane's `servedChanged`). */
+  onOwnedChanged (listener: (changed: readonly string[]) => void): void { this.#onServed = listener }
+
+  async #ownedChanged (owned: ReadonlySet<string>): Promise<void> {
     this.#owned = new Set(owned)
-    if (changed.length > 0) this.#onOwned?.(changed)
+    // Break before make on this node too: what is no longer owned stops being served first.
+    this.#setServed([...this.#served].filter((ip) => owned.has(ip)))
+    if (this.#actuator === undefined) { this.#setServed(owned); return }
+    await this.#actuator.set(owned)
+    await this.#checkPresent()
+  }
+
+  /** Serve the owned IPs whose address is on the interface now (usable: not tentative, not DAD-failed). */
+  #checkPresent (): Promise<void> {
+    const actuator = this.#actuator
+    if (actuator === undefined) return Promise.resolve()
+    this.#checking = this.#checking.then(async () => {
+      if (this.#releasing !== undefined) return
+      let present: Set<string>
+      try {
+        present = new Set(await actuator.listInterface({ usable: true }))
+      } catch (err) {
+        this.#logger.warn({ err }, 'cluster.interface: cannot list its addresses')
+        return
+      }
+      // #owned as it is now (it may have shrunk while the list ran).
+      const served = [...this.#owned].filter((ip) => present.has(ip))
+      const missing = this.#owned.size - served.length
+      if (missing > 0) this.#logger.warn({ missing }, 'owned endpoint IPs not on the interface yet: not served until they are (retried at the next lease renewal)')
+      this.#setServed(served)
+    })
+    return this.#checking
+  }
+
+  #setServed (ips: Iterable<string>): void {
+    const next = new Set(ips)
+    const changed = [...next].filter((ip) => !this.#served.has(ip)).concat([...this.#served].filter((ip) => !next.has(ip)))
+    this.#served = next
+    if (changed.length > 0 && this.#releasing === undefined) this.#onServed?.(changed)
   }
 
   /** Live nodes with the IPs each owns, as etcd says. */
@@ -115,12 +200,25 @@ export class ClusterNode {
     return [...owned].sort(([a], [b]) => (a < b ? -1 : 1)).map(([nodeId, ips]) => ({ nodeId, live: true, ownedIps: byAddress(ips) }))
   }
 
+  /**
+   * Graceful stop, first step: remove the addresses, delete the owner keys, revoke the lease, so
+   * the other nodes take the IPs over at once. The data plane is not told (it is draining: live
+   * connections keep their sockets). The store stays open until `close`. Safe twice.
+   */
+  release (): Promise<void> {
+    this.#releasing ??= (async () => {
+      this.#unsubscribe?.()
+      await this.#ownership.stop().catch(() => {})
+      await this.#actuator?.close().catch(() => {})
+      await this.#membership.stop().catch(() => {})
+    })()
+    return this.#releasing
+  }
+
   /** Release the IPs, leave the cluster (revoke the lease), close the store and the client. Safe twice. */
   close (): Promise<void> {
     this.#closing ??= (async () => {
-      this.#unsubscribe?.()
-      await this.#ownership.stop().catch(() => {})
-      await this.#membership.stop().catch(() => {})
+      await this.release()
       await this.store.close()
       this.#client.close()
     })()

@@ -18,6 +18,8 @@ export interface WorkerData {
   readonly slots: Array<[string, number]>
   /** Verdicts other than `unknown`: [serviceId, backendId, health]. */
   readonly health: Array<[string, string, BackendHealth]>
+  /** Cluster mode (SPEC §12): the endpoint IPs this node serves; null: every IP. */
+  readonly served: string[] | null
 }
 
 export type StoreChangeMessage =
@@ -30,6 +32,7 @@ export type ToWorker =
   | { readonly type: 'health', readonly serviceId: string, readonly backendId: string, readonly to: BackendHealth, readonly reason: string }
   | { readonly type: 'metrics', readonly id: number }
   | { readonly type: 'close', readonly graceMs: number }
+  | { readonly type: 'served', readonly add: string[], readonly remove: string[] }
 
 /** Worker -> main. */
 export type FromWorker =

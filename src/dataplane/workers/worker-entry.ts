@@ -98,6 +98,7 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
       }
     }
   }).child({ worker: data.index })
+  const served = data.served === null ? null : new Set(data.served)
   const accessLog = createAccessLog(config.log.access, { logger: accessLogLogger, onDrop: (lines) => { metrics.accessLogDroppedTotal.inc(lines) } })
 
   const dataPlane = new DataPlane({
@@ -114,7 +115,8 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
       return slot === undefined ? undefined : counters.endpoint(slot)
     },
     onEndpointFailed: (endpointId, reason) => { post({ type: 'endpointFailed', endpointId, reason }) },
-    onEndpointRecovered: (endpointId) => { post({ type: 'endpointRecovered', endpointId }) }
+    onEndpointRecovered: (endpointId) => { post({ type: 'endpointRecovered', endpointId }) },
+    ...(served === null ? {} : { serves: (ip: string) => served.has(ip) })
   })
   const dns = new DnsServer({ config, store, metrics, logger })
 
@@ -133,6 +135,11 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
         }
         store.apply(m.changes)
         for (const c of m.changes) if (c.kind === 'endpoint' && c.after === undefined) slots.delete(c.id)
+        break
+      case 'served':
+        for (const ip of m.add) served?.add(ip)
+        for (const ip of m.remove) served?.delete(ip)
+        dataPlane.servedChanged([...m.add, ...m.remove])
         break
       case 'health':
         upstream.setHealth(upstream.record(m.serviceId, m.backendId), m.to, m.reason)

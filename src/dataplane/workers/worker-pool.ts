@@ -32,6 +32,8 @@ export interface WorkerPoolOptions {
   readonly maxConnections: number
   readonly onEndpointFailed: (endpointId: string, reason: string) => void
   readonly onEndpointRecovered: (endpointId: string) => void
+  /** Cluster mode: the endpoint IPs this node serves now (call `servedChanged` when it changes); default every IP. */
+  readonly served?: () => ReadonlySet<string>
 }
 
 interface Slot {
@@ -125,7 +127,8 @@ export class WorkerPool {
       services: Object.values(store.state.services),
       endpoints: Object.values(store.state.endpoints),
       slots: this.#slots.entries(),
-      health
+      health,
+      served: this.#opts.served === undefined ? null : [...this.#opts.served()]
     }
     const worker = new Worker(ENTRY, { workerData: data, name: `linkgate-dataplane-${slot.index}` })
     slot.worker = worker
@@ -247,6 +250,13 @@ export class WorkerPool {
       }
     }
     this.#broadcast({ type: 'changes', changes, slots })
+  }
+
+  /** Cluster mode: these IPs started or stopped being served (a restarted worker gets the set in its snapshot). */
+  servedChanged (ips: readonly string[]): void {
+    const served = this.#opts.served?.()
+    if (served === undefined) return
+    this.#broadcast({ type: 'served', add: ips.filter((ip) => served.has(ip)), remove: ips.filter((ip) => !served.has(ip)) })
   }
 
   readonly #onTransition = (t: HealthTransition): void => {
