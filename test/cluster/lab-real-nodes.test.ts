@@ -1,7 +1,7 @@
 // Issue 16's "Must show" through REAL linkgate nodes (SPEC §12): the netns lab of
 // test/helpers/netns-lab.ts (tag h16e, 198.18.24.0/23) with three etcd members and three
-// `linkgate start` processes (dist/main.js, cluster section with `interface: eth0`, TTL 3 s), one
-// per node namespace; a backend in the backend namespace that answers each connection with the
+// `linkgate start` processes (dist/main.js, started by test/helpers/lab-nodes.ts: cluster section
+// with `interface: eth0`, TTL 3 s, workers 1), one per node namespace; a backend in the backend namespace that answers each connection with the
 // address it came from (so the client learns which node proxied it); a prober in the client
 // namespace (test/fixtures/cluster-probe.ts). Shown, in order:
 //   - a change made through one node's API is on the other nodes within 1 s (measured);
@@ -19,13 +19,13 @@
 // Everything is torn down (tap teardown, and stale lg-h16e-* from an aborted run first).
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { rankNodes } from '../../src/cluster/ownership.ts'
-import { startGateway, writeConfig, type Gateway } from '../helpers/gateway-process.ts'
+import { LAB_API_PORT, addressHolders, endpointAddresses, startLabNode, stopLabNode, type LabNode } from '../helpers/lab-nodes.ts'
 import { buildLab, labDown, type Lab, type LabHost } from '../helpers/netns-lab.ts'
 import { requireTools } from '../helpers/tools.ts'
 
@@ -36,7 +36,6 @@ const BACKEND_PORT = 9000
 const TERMINAL_PORT = 8000
 const ECHO_PORT = 9001
 const ECHO_TERMINAL_PORT = 8001
-const API_PORT = 8480
 const ETCD_PREFIX = '/lg-h16e/'
 const KILLS = Math.max(1, Number(process.env.LG_FAILOVER_KILLS ?? 2))
 const FAILOVER_LIMIT_MS = (2 * TTL + 1) * 1000
@@ -76,8 +75,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
   const lab: Lab = buildLab({ tag: TAG, net: NET })
   t.teardown(() => lab.down())
   await lab.startEtcd()
-  const subnetCidr = lab.endpointSubnet
-  const subnetBase = subnetCidr.replace(/\.0\/24$/, '.')
+  const subnetBase = lab.endpointSubnet.replace(/\.0\/24$/, '.')
 
   // --- the backend: answers every connection with the address it came from (the proxying node) ---
   // On ECHO_PORT it echoes, for the long-lived connections of the failover steps.
@@ -96,47 +94,40 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
   // --- the nodes ---
   const byIp = new Map(lab.nodes.map((h) => [h.ip, h.name]))
   const hostOf = (name: string): LabHost => lab.nodes.find((h) => h.name === name)!
-  const gateways = new Map<string, Gateway>()
-  const logs = new Map<string, string[]>()
-  const configFile = async (h: LabHost): Promise<string> => {
-    const dir = join(lab.dataDir, h.name)
-    mkdirSync(dir, { recursive: true })
-    return writeConfig(dir, {
-      listen: { api: `${h.ip}:${API_PORT}`, dns: `${h.ip}:5353` },
-      stateDir: join(dir, 'state'),
-      subnets: [{ id: 'subnet-a', cidr: subnetCidr, zone: 'zone-a' }],
-      accounts: [
-        { id: PROVIDER.id, name: 'provider', token: PROVIDER.token },
-        { id: CONSUMER.id, name: 'consumer', token: CONSUMER.token },
-        { id: RACER.id, name: 'racer', token: RACER.token }
-      ],
-      quotas: { servicesPerAccount: 1000, endpointsPerAccount: QUOTA },
-      limits: { shutdownGraceSeconds: 2 },
-      log: { level: 'info', format: 'json' },
-      cluster: { nodeId: h.name, etcd: { endpoints: lab.etcdEndpoints, prefix: ETCD_PREFIX }, leaseTtlSeconds: TTL, interface: 'eth0' }
+  // test/helpers/lab-nodes.ts runs `linkgate start` (dist/main.js) in the node's namespace with the
+  // lab config (cluster mode, interface eth0, workers 1); this file adds its accounts and quotas.
+  const nodes = new Map<string, LabNode>()
+  const startNode = async (h: LabHost): Promise<LabNode> => {
+    const node = await startLabNode(lab, h, {
+      prefix: ETCD_PREFIX,
+      leaseTtlSeconds: TTL,
+      readyTimeoutMs: 30000,
+      extra: {
+        accounts: [
+          { id: PROVIDER.id, name: 'provider', token: PROVIDER.token },
+          { id: CONSUMER.id, name: 'consumer', token: CONSUMER.token },
+          { id: RACER.id, name: 'racer', token: RACER.token }
+        ],
+        quotas: { servicesPerAccount: 1000, endpointsPerAccount: QUOTA }
+      }
     })
-  }
-  const startNode = async (h: LabHost): Promise<Gateway> => {
-    const gw = await startGateway(t, await configFile(h), { wrapper: ['ip', 'netns', 'exec', h.ns], timeoutMs: 30000 })
-    gateways.set(h.name, gw)
-    void gw.exited.then(() => { logs.set(h.name, [...(logs.get(h.name) ?? []), gw.output()]) })
-    return gw
+    nodes.set(h.name, node)
+    return node
   }
   t.teardown(async () => {
-    for (const gw of gateways.values()) if (gw.proc.exitCode === null && gw.proc.signalCode === null) gw.proc.kill('SIGKILL')
-    await Promise.all([...gateways.values()].map((gw) => gw.exited))
+    await Promise.all([...nodes.values()].map((n) => stopLabNode(n, 'SIGKILL')))
     if (!t.passing()) {
       // Kept for a post-mortem: the lab's data directory goes with the teardown.
       const dir = `/tmp/lg-${TAG}-logs`
       mkdirSync(dir, { recursive: true })
-      for (const [name, outs] of logs) writeFileSync(join(dir, `${name}.log`), outs.join('\n--- restarted ---\n'))
+      for (const n of nodes.values()) { try { copyFileSync(n.logFile, join(dir, `${n.name}.log`)) } catch {} }
     }
   })
 
   /** One API call to a node (by name), bounded at 3 s; a network error is status 0. */
   const call = async (name: string, method: string, path: string, token: string, body?: unknown): Promise<Reply> => {
     try {
-      const res = await fetch(`http://${hostOf(name).ip}:${API_PORT}${path}`, {
+      const res = await fetch(`${nodes.get(name)?.apiUrl ?? `http://${hostOf(name).ip}:${LAB_API_PORT}`}${path}`, {
         method,
         headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -168,17 +159,8 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
   }
 
   // --- where each endpoint IP is, from the kernel's view ---
-  const addrsOf = async (h: LabHost): Promise<string[]> => {
-    const { stdout } = await run('ip', ['-n', h.ns, '-j', 'addr', 'show', 'dev', 'eth0'])
-    const links = JSON.parse(stdout) as Array<{ addr_info: Array<{ local: string, prefixlen: number }> }>
-    return links.flatMap((l) => l.addr_info).filter((a) => a.prefixlen === 32 && a.local.startsWith(subnetBase)).map((a) => a.local)
-  }
-  const holders = async (): Promise<Map<string, string[]>> => {
-    const out = new Map<string, string[]>()
-    const all = await Promise.all(lab.nodes.map(async (h) => [h.name, await addrsOf(h)] as const))
-    for (const [name, ips] of all) for (const ip of ips) out.set(ip, [...(out.get(ip) ?? []), name])
-    return out
-  }
+  const addrsOf = (h: LabHost): Promise<string[]> => endpointAddresses(lab, h)
+  const holders = (): Promise<Map<string, string[]>> => addressHolders(lab)
   /** Every IP of `wanted` on exactly one node (among `among`, if given), and nothing else. */
   const settled = async (wanted: readonly string[], among?: readonly string[]): Promise<Map<string, string[]> | undefined> => {
     const h = await holders()
@@ -404,7 +386,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
         if (res.status === 201) ackedServices.add(res.body.id)
       }
       const inFlight = call(victim.name, 'POST', '/v1/endpoint-services', PROVIDER.token, { portMappings: [{ protocol: 'TCP', servicePort: 1, terminalPort: 1 }] })
-      gateways.get(victim.name)!.proc.kill('SIGKILL')
+      nodes.get(victim.name)!.proc.kill('SIGKILL')
       const killedAt = Date.now()
       // Every IP of the victim probed at once; the failover is over when the last one answers.
       const back = await Promise.all(itsIps.map((ip) => servedAgain(ip, victim.name, killedAt, FAILOVER_LIMIT_MS + 5000)))
@@ -494,7 +476,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
     const throughLeaving = await hold(itsIps[0]!)
     const throughOther = await hold(otherIp)
     const stoppedAt = Date.now()
-    gateways.get(leaving.name)!.proc.kill('SIGTERM')
+    nodes.get(leaving.name)!.proc.kill('SIGTERM')
     const times: number[] = []
     await Promise.all(itsIps.map(async (ip) => {
       const { ms } = await servedAgain(ip, leaving.name, stoppedAt, FAILOVER_LIMIT_MS + 5000)
@@ -502,7 +484,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
       t.ok(ms <= FAILOVER_LIMIT_MS, `${ip} served elsewhere ${ms} ms after SIGTERM`)
     }))
     t.comment(`SIGTERM hand-over of ${itsIps.length} IPs: worst ${Math.max(...times)} ms (a kill waits for the lease: TTL ${TTL} s)`)
-    const exit = await gateways.get(leaving.name)!.exited
+    const exit = await nodes.get(leaving.name)!.exited
     const cut = cutAt(throughLeaving)
     t.comment(`the live connection through the leaving node: ${cut === undefined ? 'still up' : `cut ${cut.at - stoppedAt} ms after SIGTERM (${cut.why})`} (shutdownGraceSeconds 2)`)
     t.equal(cutAt(throughOther)?.why, undefined, `the live connection to ${otherIp} through ${h.get(otherIp)![0]!} carried on`)
