@@ -207,7 +207,9 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
   /** A new TCP connection from the client namespace to ip:TERMINAL_PORT; `node` is the name of the node that proxied it. */
   const probe = (ip: string, timeoutMs = 500): Promise<{ ok: boolean, node?: string, error?: string }> => new Promise((resolve) => {
     const id = ++probeId
-    pending.set(id, (r) => resolve(r.ok ? { ok: true, node: byIp.get(r.node ?? '') ?? `?${r.node}` } : r))
+    // A prober that died or hangs must not hang the test: no answer in time is a failed probe.
+    const silent = setTimeout(() => { pending.delete(id); resolve({ ok: false, error: 'the prober did not answer' }) }, timeoutMs + 3000)
+    pending.set(id, (r) => { clearTimeout(silent); resolve(r.ok ? { ok: true, node: byIp.get(r.node ?? '') ?? `?${r.node}` } : r) })
     prober.stdin!.write(JSON.stringify({ id, ip, port: TERMINAL_PORT, timeoutMs }) + '\n')
   })
   /** Probes `ip` every 100 ms until a node other than `not` proxies it; the time since `since`. */
@@ -376,9 +378,10 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
       const victim = owners[k % 2 === 0 || owners.length < 2 ? 0 : 1]!
       const survivors = lab.nodes.filter((n) => n !== victim).map((n) => n.name)
       const itsIps = owned(victim.name)
-      const otherIp = wanted.find((ip) => h.get(ip)?.[0] !== victim.name)!
+      // A connection through another node (if one owns an IP: after restarts, one node may own them all).
+      const otherIp = wanted.find((ip) => h.get(ip)?.[0] !== victim.name)
       const throughVictim = await hold(itsIps[0]!)
-      const throughOther = await hold(otherIp)
+      const throughOther = otherIp === undefined ? undefined : await hold(otherIp)
       // Writes through the victim up to the kill: three acknowledged, a fourth in flight.
       for (let i = 0; i < 3; i++) {
         const res = await call(victim.name, 'POST', '/v1/endpoint-services', PROVIDER.token, { portMappings: [{ protocol: 'TCP', servicePort: 1, terminalPort: 1 }] })
@@ -395,7 +398,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
       t.ok(ms <= FAILOVER_LIMIT_MS, `kill ${k + 1}: the ${itsIps.length} IPs of ${victim.name} served again by ${[...new Set(back.map((b) => b.node))].join('+')} after ${Math.min(...back.map((b) => b.ms))}-${ms} ms (limit ${FAILOVER_LIMIT_MS})`)
       const cut = cutAt(throughVictim)
       t.ok(cut !== undefined && cut.at - killedAt <= ms, `the live connection through ${victim.name} (${itsIps[0]!}) is lost: ${cut === undefined ? 'not cut' : `cut ${cut.at - killedAt} ms after the kill (${cut.why})`}`)
-      t.equal(cutAt(throughOther)?.why, undefined, `the live connection to ${otherIp} through ${h.get(otherIp)![0]!} carried on`)
+      if (otherIp !== undefined && throughOther !== undefined) t.equal(cutAt(throughOther)?.why, undefined, `the live connection to ${otherIp} through ${h.get(otherIp)![0]!} carried on`)
       const last = await inFlight
       t.comment(`the write in flight at the kill: ${last.status === 0 ? 'no answer' : String(last.status)}`)
       if (last.status === 201) ackedServices.add(last.body.id)
@@ -476,9 +479,9 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
     const { value: h } = await until('every IP on exactly one node', () => settled(wanted), 10000, 100)
     const leaving = lab.nodes.filter((n) => wanted.some((ip) => h.get(ip)?.[0] === n.name))[0]!
     const itsIps = wanted.filter((ip) => h.get(ip)?.[0] === leaving.name)
-    const otherIp = wanted.find((ip) => h.get(ip)?.[0] !== leaving.name)!
+    const otherIp = wanted.find((ip) => h.get(ip)?.[0] !== leaving.name)
     const throughLeaving = await hold(itsIps[0]!)
-    const throughOther = await hold(otherIp)
+    const throughOther = otherIp === undefined ? undefined : await hold(otherIp)
     const stoppedAt = Date.now()
     nodes.get(leaving.name)!.proc.kill('SIGTERM')
     const times: number[] = []
@@ -491,7 +494,7 @@ t.test('real linkgate nodes in the cluster lab', async (t) => {
     const exit = await nodes.get(leaving.name)!.exited
     const cut = cutAt(throughLeaving)
     t.comment(`the live connection through the leaving node: ${cut === undefined ? 'still up' : `cut ${cut.at - stoppedAt} ms after SIGTERM (${cut.why})`} (shutdownGraceSeconds 2)`)
-    t.equal(cutAt(throughOther)?.why, undefined, `the live connection to ${otherIp} through ${h.get(otherIp)![0]!} carried on`)
+    if (otherIp !== undefined && throughOther !== undefined) t.equal(cutAt(throughOther)?.why, undefined, `the live connection to ${otherIp} through ${h.get(otherIp)![0]!} carried on`)
     t.same(exit, { code: 0, signal: null }, `${leaving.name} exited cleanly`)
     t.same(await addrsOf(leaving), [], `${leaving.name} left no endpoint address behind`)
     t.same(overlaps.filter((o) => o.at > stoppedAt), [], 'no IP on two nodes')
