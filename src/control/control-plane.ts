@@ -176,22 +176,38 @@ export class ControlPlane {
   }
 
   async deleteService (caller: Caller, id: string): Promise<void> {
-    await this.#store.transact((draft) => {
+    // A cluster's transaction holds a bounded number of keys (etcd's --max-txn-ops): endpoints
+    // left behind past that many are failed in further steps. Meanwhile they are pending or
+    // rejected, which nothing serves; a node that dies between steps leaves them so (README).
+    const step = Math.max(2, this.#store.maxWritesPerTransaction ?? Infinity)
+    let more = await this.#store.transact((draft) => {
       this.#ownService(draft, caller, id)
       const endpoints = draft.ids('endpointService', id).map((eid) => draft.endpoints[eid] as Endpoint)
       const live = endpoints.filter((e) => e.status === 'accepted' || e.status === 'creating')
       if (live.length > 0) {
-        throw conflict(`id: endpoint service ${id} has ${live.length} accepted endpoint(s) (${live.map((e) => e.id).join(', ')}); reject or delete them first`)
+        throw conflict(`id: endpoint service ${id} has ${live.length} accepted endpoint(s) (${live.slice(0, 20).map((e) => e.id).join(', ')}${live.length > 20 ? ', ...' : ''}); reject or delete them first`)
       }
       delete draft.services[id]
-      // Endpoints left behind (pending, rejected) can never connect again: fail them with the
-      // reason, through the transition table like every other status change.
-      for (const ep of endpoints) {
-        if (ep.status === 'failed') continue
-        this.#transition(ep, 'failed')
-        draft.endpoints[ep.id] = this.#withStatus({ ...ep, statusReason: `endpoint service ${id} was deleted` }, 'failed')
-      }
+      return this.#failLeftBehind(draft, id, endpoints, step - 1)
     })
+    while (more) {
+      more = await this.#store.transact((draft) => draft.services[id] === undefined &&
+        this.#failLeftBehind(draft, id, draft.ids('endpointService', id).map((eid) => draft.endpoints[eid] as Endpoint), step))
+    }
+  }
+
+  /**
+   * Endpoints left behind by a deleted service (pending, rejected) can never connect again: fail
+   * up to `limit` of them with the reason, through the transition table like every other status
+   * change. True when more are left.
+   */
+  #failLeftBehind (draft: Draft, id: string, endpoints: readonly Endpoint[], limit: number): boolean {
+    const left = endpoints.filter((ep) => ep.status !== 'failed')
+    for (const ep of left.slice(0, limit)) {
+      this.#transition(ep, 'failed')
+      draft.endpoints[ep.id] = this.#withStatus({ ...ep, statusReason: `endpoint service ${id} was deleted` }, 'failed')
+    }
+    return left.length > limit
   }
 
   // ---- backends ----

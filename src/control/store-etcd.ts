@@ -46,8 +46,8 @@ import {
 /** etcd's default `--max-txn-ops`: more compares than COARSE_AT go coarse, more writes are refused. */
 const MAX_TXN_OPS = 128
 const COARSE_AT = 100
-/** How long a committed transaction waits for its own revision to come back through the watch. */
-const APPLY_WAIT_MS = 5000
+/** How long a transaction waits for a revision to come through the watch before it reads it instead. */
+const APPLY_WAIT_MS = 1000
 /** How long a transaction whose answer was lost keeps asking etcd what became of it. */
 const RESOLVE_MS = 15000
 // etcd's enum values, as numbers (the wire form; the proto loader also takes etcd3's names).
@@ -198,7 +198,7 @@ export class EtcdStore implements Store {
         if (outcome.applied) {
           // Committed. Normally the watch brings it within milliseconds; if etcd went away right
           // after, answer anyway after a while (the view applies it when the watch is back).
-          await this.#caughtUp(outcome.revision, APPLY_WAIT_MS)
+          await this.#reach(outcome.revision, APPLY_WAIT_MS)
           if (this.#revision < outcome.revision) this.#onWarning(new Error(`committed revision ${outcome.revision} not seen by the watch within ${APPLY_WAIT_MS} ms`))
           return result
         }
@@ -267,6 +267,7 @@ export class EtcdStore implements Store {
     const marker = res.responses[0]?.response_range?.kvs?.[0]
     const markerMod = BigInt(marker?.mod_revision ?? 0)
     if (marker !== undefined && marker.value.toString() === String(seq)) {
+      this.#onWarning(new Error(`txn ${seq}: committed at revision ${markerMod} by an earlier try whose answer was lost`))
       this.#markerMod = markerMod
       return { applied: true, revision: markerMod }
     }
@@ -277,7 +278,7 @@ export class EtcdStore implements Store {
       this.#markerMod = markerMod
     }
     // Wait until the view has the change that beat us, then run the rules again on it.
-    await this.#caughtUp(this.#newest(res), 2000)
+    await this.#reach(this.#newest(res), APPLY_WAIT_MS)
     return 'lost'
   }
 
@@ -470,8 +471,33 @@ export class EtcdStore implements Store {
   /** Range of state/ at revision R, then a watch from R + 1; the difference to the view is applied as changes. */
   async #sync (first: boolean): Promise<void> {
     const prefix = `${this.#prefix}state/`
-    const res = await this.#client.getAll().prefix(prefix).exec()
-    if (this.#closed) return
+    const revision = await this.#snapshot(first)
+    if (revision === undefined) return
+    const watcher = await this.#client.watch().prefix(prefix).startRevision((revision + 1n).toString()).create()
+    if (this.#closed) { await watcher.cancel(); return }
+    this.#watcher = watcher
+    watcher.on('data', (data: IWatchResponse) => this.#onWatch(data))
+    // etcd3 reconnects a watch by itself from the last revision it saw; an 'error' means the
+    // watch is gone for good (its revision was compacted): start again from a snapshot.
+    watcher.on('error', (err: Error) => {
+      if (this.#closed || this.#watcher !== watcher) return
+      this.#onWarning(new Error(`watch of ${prefix} failed, reloading: ${err.message}`))
+      this.#watcher = undefined
+      void watcher.cancel().catch(() => {})
+      this.#scheduleResync()
+    })
+  }
+
+  /**
+   * Range of state/ at revision R; the difference to the view is applied as one batch (at
+   * start: loaded, no events). A view already at R or later is left alone. Resolves with the
+   * revision the view is at, undefined once closed.
+   */
+  async #snapshot (first: boolean): Promise<bigint | undefined> {
+    const res = await this.#client.getAll().prefix(`${this.#prefix}state/`).exec()
+    if (this.#closed) return undefined
+    const revision = BigInt(res.header.revision)
+    if (revision <= this.#revision) return this.#revision
     const seen = new Set<string>()
     const changes: Change[] = []
     for (const kv of res.kvs) {
@@ -492,20 +518,23 @@ export class EtcdStore implements Store {
     } else {
       this.#emit(changes)
     }
-    this.#advance(BigInt(res.header.revision))
-    const watcher = await this.#client.watch().prefix(prefix).startRevision((BigInt(res.header.revision) + 1n).toString()).create()
-    if (this.#closed) { await watcher.cancel(); return }
-    this.#watcher = watcher
-    watcher.on('data', (data: IWatchResponse) => this.#onWatch(data))
-    // etcd3 reconnects a watch by itself from the last revision it saw; an 'error' means the
-    // watch is gone for good (its revision was compacted): start again from a snapshot.
-    watcher.on('error', (err: Error) => {
-      if (this.#closed || this.#watcher !== watcher) return
-      this.#onWarning(new Error(`watch of ${prefix} failed, reloading: ${err.message}`))
-      this.#watcher = undefined
-      void watcher.cancel().catch(() => {})
-      this.#scheduleResync()
-    })
+    this.#advance(revision)
+    return revision
+  }
+
+  /**
+   * Wait until the view has `revision`. The watch brings it within milliseconds, unless it is
+   * reconnecting (etcd3 backs off up to seconds after failed tries): then a range read catches
+   * up, and the watch's late events up to that revision are skipped.
+   */
+  async #reach (revision: bigint, watchMs: number): Promise<void> {
+    await this.#caughtUp(revision, watchMs)
+    if (this.#revision >= revision || this.#closed) return
+    try {
+      await this.#snapshot(false)
+    } catch (err) {
+      this.#onWarning(new Error(`catching up with revision ${revision} by a read failed: ${(err as Error).message}`))
+    }
   }
 
   #scheduleResync (): void {
@@ -531,6 +560,7 @@ export class EtcdStore implements Store {
     }
     for (const event of data.events) {
       const mod = BigInt(event.kv.mod_revision)
+      if (mod <= this.#revision) continue // already applied from a range read (#reach)
       if (mod !== revision) { flush(); revision = mod }
       const change = this.#changeOf(event.kv.key.toString(), event.type === 'Delete' ? undefined : event.kv, false)
       if (change !== undefined) changes.push(change)
