@@ -26,8 +26,14 @@ export type StoreChangeMessage =
   | { readonly kind: 'service', readonly id: string, readonly after: EndpointService | undefined }
   | { readonly kind: 'endpoint', readonly id: string, readonly after: Endpoint | undefined }
 
+/** A spare's workerData: it loads its modules and waits for an `activate` message. */
+export interface SpareData {
+  readonly spare: true
+}
+
 /** Main -> worker. */
 export type ToWorker =
+  | { readonly type: 'activate', readonly data: WorkerData }
   | { readonly type: 'changes', readonly changes: StoreChangeMessage[], readonly slots: Array<[string, number]> }
   | { readonly type: 'health', readonly serviceId: string, readonly backendId: string, readonly to: BackendHealth, readonly reason: string }
   | { readonly type: 'metrics', readonly id: number }

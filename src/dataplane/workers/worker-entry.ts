@@ -17,7 +17,7 @@ import { DataPlane } from '../data-plane.ts'
 import { socketSharing } from '../socket-sharing.ts'
 import { createUdpListener } from '../udp-proxy.ts'
 import { UpstreamState, type HealthRecord } from '../upstream/upstream-state.ts'
-import type { FromWorker, StoreChangeMessage, ToWorker, WorkerData } from './protocol.ts'
+import type { FromWorker, SpareData, StoreChangeMessage, ToWorker, WorkerData } from './protocol.ts'
 import { SharedBudget, SharedCounters } from './shared-counters.ts'
 
 /** The store as a worker sees it: a read-only mirror of the main thread's, fed by messages. */
@@ -168,7 +168,20 @@ async function main (port: NonNullable<typeof parentPort>, data: WorkerData): Pr
 
 if (parentPort === null) throw new Error('worker-entry.ts runs in a worker thread')
 const parent = parentPort
-main(parent, workerData as WorkerData).catch((err: unknown) => {
-  parent.postMessage({ type: 'fatal', message: err instanceof Error ? err.message : String(err) } satisfies FromWorker)
-  process.exit(1)
-})
+const run = (data: WorkerData): void => {
+  main(parent, data).catch((err: unknown) => {
+    parent.postMessage({ type: 'fatal', message: err instanceof Error ? err.message : String(err) } satisfies FromWorker)
+    process.exit(1)
+  })
+}
+if ((workerData as Partial<SpareData>).spare === true) {
+  // A spare (worker-pool.ts): the imports above are loaded, which is most of a worker's start;
+  // it binds nothing until it replaces a dead worker. main() adds its own listener in the same
+  // turn, so the messages that follow `activate` reach it.
+  parent.once('message', (m: ToWorker) => {
+    if (m.type === 'activate') run(m.data)
+    else process.exit(1)
+  })
+} else {
+  run(workerData as WorkerData)
+}
