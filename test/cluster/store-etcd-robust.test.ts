@@ -170,6 +170,15 @@ t.test('etcd store robustness', async (t) => {
     t.ok(warnings.every((w) => !/marker .* expected/.test(w)), 'the marker never moved behind the store\'s back')
   })
 
+  t.test('a store\'s marker key lives while the store does', async (t) => {
+    const prefix = `/lg-robust-${++run}/`
+    const store = await open(t, prefix)
+    await store.transact((draft) => { const svc = svcWith(); draft.services[svc.id] = svc })
+    t.equal(await direct.get(store.markerKey).string(), '1', 'the marker holds the number of the last txn')
+    await store.close()
+    t.same(await keysUnder(`${prefix}txn/`), [], 'gone after close')
+  })
+
   t.test('etcd semantics the index keys rely on: a deleted key compares as create 0 and mod 0', async (t) => {
     const key = `/lg-robust-${++run}/idx/endpointIp/x`
     await direct.put(key).value('')
