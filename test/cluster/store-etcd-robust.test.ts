@@ -11,7 +11,7 @@ import { buildConfig } from '../../src/config/load-config.ts'
 import { ControlPlane, type Caller } from '../../src/control/control-plane.ts'
 import type { Endpoint, EndpointService } from '../../src/control/model.ts'
 import { EtcdStore } from '../../src/control/store-etcd.ts'
-import { makeBackend, makeEndpoint, makeService } from '../helpers/dataplane-fixtures.ts'
+import { makeBackend, makeEndpoint, makeService, waitFor } from '../helpers/dataplane-fixtures.ts'
 import { startEtcdMember } from '../helpers/etcd-member.ts'
 import { requireTools } from '../helpers/tools.ts'
 
@@ -88,13 +88,6 @@ const svcWith = (id?: string): EndpointService =>
   makeService({ portMappings: [{ protocol: 'TCP', servicePort: 80, terminalPort: 80 }], backends: [makeBackend('127.83.0.10')], ...(id === undefined ? {} : { id }) })
 const endpointAt = (svc: EndpointService, ip: string, n: number): Endpoint => ({ ...makeEndpoint(svc, { ip }), id: `vpce-${n.toString(16).padStart(12, '0')}` })
 
-async function until (what: string, ok: () => boolean, ms: number): Promise<void> {
-  const start = Date.now()
-  while (!ok()) {
-    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
 
 t.test('etcd store robustness', async (t) => {
   if (!requireTools(t, ['etcd'])) return
@@ -148,7 +141,7 @@ t.test('etcd store robustness', async (t) => {
         t.same(stored, svc, 'etcd has it')
         const history = await direct.getAll().prefix(`${prefix}state/services/`).keys()
         t.equal(history.length, i + 1, 'one service per case: nothing applied twice')
-        await until('the other node has it', () => other.state.services[svc.id] !== undefined, 5000)
+        await waitFor(() => other.state.services[svc.id] !== undefined, 5000, 'the other node has it')
         t.same(other.state.services[svc.id], svc, 'the other node has it too')
       })
     }
