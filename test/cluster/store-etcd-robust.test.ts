@@ -88,7 +88,6 @@ const svcWith = (id?: string): EndpointService =>
   makeService({ portMappings: [{ protocol: 'TCP', servicePort: 80, terminalPort: 80 }], backends: [makeBackend('127.83.0.10')], ...(id === undefined ? {} : { id }) })
 const endpointAt = (svc: EndpointService, ip: string, n: number): Endpoint => ({ ...makeEndpoint(svc, { ip }), id: `vpce-${n.toString(16).padStart(12, '0')}` })
 
-
 t.test('etcd store robustness', async (t) => {
   if (!requireTools(t, ['etcd'])) return
   const etcd = await startEtcdMember(t, HOST)
