@@ -218,7 +218,15 @@ export class EtcdStore implements Store {
       for (const w of this.#waiters) w.resolve()
       this.#waiters = []
       // The marker is of no use to anyone once this store is gone (a killed node leaves one empty key).
-      if (this.#markerMod !== 0n) await this.#client.delete().key(this.#marker).exec().catch(() => {})
+      // Bounded: a stop must not wait on an unreachable etcd (etcd3 retries each call).
+      if (this.#markerMod !== 0n) {
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([
+          this.#client.delete().key(this.#marker).exec().catch(() => {}),
+          new Promise((resolve) => { timer = setTimeout(resolve, 1000) })
+        ])
+        clearTimeout(timer)
+      }
     })
   }
 

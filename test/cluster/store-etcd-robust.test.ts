@@ -11,7 +11,7 @@ import { buildConfig } from '../../src/config/load-config.ts'
 import { ControlPlane, type Caller } from '../../src/control/control-plane.ts'
 import type { Endpoint, EndpointService } from '../../src/control/model.ts'
 import { EtcdStore } from '../../src/control/store-etcd.ts'
-import { makeBackend, makeEndpoint, makeService } from '../helpers/dataplane-fixtures.ts'
+import { makeBackend, makeEndpoint, makeService, waitFor } from '../helpers/dataplane-fixtures.ts'
 import { startEtcdMember } from '../helpers/etcd-member.ts'
 import { requireTools } from '../helpers/tools.ts'
 
@@ -88,14 +88,6 @@ const svcWith = (id?: string): EndpointService =>
   makeService({ portMappings: [{ protocol: 'TCP', servicePort: 80, terminalPort: 80 }], backends: [makeBackend('127.83.0.10')], ...(id === undefined ? {} : { id }) })
 const endpointAt = (svc: EndpointService, ip: string, n: number): Endpoint => ({ ...makeEndpoint(svc, { ip }), id: `vpce-${n.toString(16).padStart(12, '0')}` })
 
-async function until (what: string, ok: () => boolean, ms: number): Promise<void> {
-  const start = Date.now()
-  while (!ok()) {
-    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
-
 t.test('etcd store robustness', async (t) => {
   if (!requireTools(t, ['etcd'])) return
   const etcd = await startEtcdMember(t, HOST)
@@ -148,7 +140,7 @@ t.test('etcd store robustness', async (t) => {
         t.same(stored, svc, 'etcd has it')
         const history = await direct.getAll().prefix(`${prefix}state/services/`).keys()
         t.equal(history.length, i + 1, 'one service per case: nothing applied twice')
-        await until('the other node has it', () => other.state.services[svc.id] !== undefined, 5000)
+        await waitFor(() => other.state.services[svc.id] !== undefined, 5000, 'the other node has it')
         t.same(other.state.services[svc.id], svc, 'the other node has it too')
       })
     }
@@ -168,6 +160,15 @@ t.test('etcd store robustness', async (t) => {
       }
     })
     t.ok(warnings.every((w) => !/marker .* expected/.test(w)), 'the marker never moved behind the store\'s back')
+  })
+
+  t.test('a store\'s marker key lives while the store does', async (t) => {
+    const prefix = `/lg-robust-${++run}/`
+    const store = await open(t, prefix)
+    await store.transact((draft) => { const svc = svcWith(); draft.services[svc.id] = svc })
+    t.equal(await direct.get(store.markerKey).string(), '1', 'the marker holds the number of the last txn')
+    await store.close()
+    t.same(await keysUnder(`${prefix}txn/`), [], 'gone after close')
   })
 
   t.test('etcd semantics the index keys rely on: a deleted key compares as create 0 and mod 0', async (t) => {
