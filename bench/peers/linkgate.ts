@@ -9,7 +9,7 @@ import { stringify } from 'yaml'
 import { endpointDnsNames } from '../../src/control/dns-names.ts'
 import { probeDns } from '../lib/dns-probe.ts'
 import { Daemon, tcpAccepts, waitFor } from '../lib/proc.ts'
-import { benchIds, ports, topology } from '../lib/topology.ts'
+import { benchIds, linkgateInstance, ports, topology } from '../lib/topology.ts'
 
 export const repoRoot = resolve(import.meta.dirname, '../..')
 export const linkgateMain = join(repoRoot, 'dist', 'main.js')
@@ -17,6 +17,13 @@ export const linkgateMain = join(repoRoot, 'dist', 'main.js')
 export interface LinkgateOptions {
   /** `log.access`: `off`, or a file that gets one JSON line per finished connection. */
   readonly accessLog?: string
+  /**
+   * `workers` (SPEC §11; default 1), or 0: the data plane on the main thread, in the same event
+   * loop as the control plane (what linkgate was before workers; case 10 compares with it). The
+   * CLI always runs workers, so 0 starts bench/lib/linkgate-one-loop.ts, which calls buildApp
+   * without them.
+   */
+  readonly workers?: 0 | 1 | 2
 }
 
 /** The bench endpoint's [regional, zonal] DNS names. */
@@ -29,9 +36,10 @@ export function linkgateDnsNames (): [string, string] {
 
 /** The config as a plain object (written as YAML); `check-config` and the schema accept it. */
 export function linkgateConfigObject (dir: string, options: LinkgateOptions = {}): Record<string, unknown> {
-  const lg = topology.linkgate
+  const lg = linkgateInstance(options.workers ?? 1)
   return {
     region: benchIds.region,
+    workers: Math.max(1, options.workers ?? 1),
     listen: { api: `${lg.api}:${lg.apiPort}`, dns: `${lg.dns}:${lg.dnsPort}` },
     stateDir: join(dir, 'state'),
     dns: { suffix: benchIds.suffix, ttl: 30, upstreams: [] },
@@ -89,8 +97,9 @@ export async function startLinkgate (dir: string, options: LinkgateOptions = {})
   if (missing !== undefined) throw new Error(missing)
   const file = join(dir, 'linkgate.yaml')
   await writeFile(file, linkgateConfig(dir, options))
-  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), linkgateMain, 'start', '--config', file], { cwd: dir })
-  const lg = topology.linkgate
+  const entry = options.workers === 0 ? [join(import.meta.dirname, '../lib/linkgate-one-loop.ts'), file] : [linkgateMain, 'start', '--config', file]
+  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), ...entry], { cwd: dir })
+  const lg = linkgateInstance(options.workers ?? 1)
   const [name] = linkgateDnsNames()
   try {
     await waitFor('linkgate to serve the bench endpoint', 20_000, async () => {
