@@ -71,7 +71,12 @@ async function measure (ctx: BenchContext, v: Variant, peer: PeerState, round: n
   ctx.log(`  ${columnOf(v)}, API creating ${isolationCreates} services, then listing:`)
   const wrk = wrkAgainst(ctx, peer, false, false, ctx.plan.seconds.isolation)
   const load = apiLoad(v, `${round}`, wrk)
-  const [loaded, { ids, calls }] = await Promise.all([wrk, load])
+  // Both settle before anything is judged: a failed API call must not leave wrk running into the next measurement.
+  const [wrkDone, loadDone] = await Promise.allSettled([wrk, load])
+  if (wrkDone.status === 'rejected') throw wrkDone.reason
+  if (loadDone.status === 'rejected') throw loadDone.reason
+  const loaded = wrkDone.value
+  const { ids, calls } = loadDone.value
   ctx.log(`    ${calls} API calls during the run`)
   for (const id of ids) await api(v, 'DELETE', `/v1/endpoint-services/${id}`)
   return { quiet, loaded, calls }

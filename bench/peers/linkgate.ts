@@ -48,6 +48,8 @@ export function linkgateConfigObject (dir: string, options: LinkgateOptions = {}
     accounts: [{ id: benchIds.accountId, name: 'bench', token: benchIds.token }],
     // Case 6 holds 8,000 idle sessions on one endpoint; the default cap is 3,000.
     limits: { maxConnectionsPerEndpoint: 20000 },
+    // Case 10 creates 50 services per run on top of the bench's own (the default quota is 20).
+    quotas: { servicesPerAccount: 1000 },
     services: [{
       id: benchIds.serviceId,
       ownerAccountId: benchIds.accountId,
