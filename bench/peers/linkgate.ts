@@ -24,6 +24,9 @@ export interface LinkgateOptions {
    * without them.
    */
   readonly workers?: 0 | 1 | 2
+  /** Node flags after the shebang's, and environment variables over the harness's (hot-path experiments). */
+  readonly nodeArgs?: readonly string[]
+  readonly env?: Readonly<Record<string, string>>
 }
 
 /** The bench endpoint's [regional, zonal] DNS names. */
@@ -100,7 +103,8 @@ export async function startLinkgate (dir: string, options: LinkgateOptions = {})
   const file = join(dir, 'linkgate.yaml')
   await writeFile(file, linkgateConfig(dir, options))
   const entry = options.workers === 0 ? [join(import.meta.dirname, '../lib/linkgate-one-loop.ts'), file] : [linkgateMain, 'start', '--config', file]
-  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), ...entry], { cwd: dir })
+  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), ...(options.nodeArgs ?? []), ...entry],
+    { cwd: dir, ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } }) })
   const lg = linkgateInstance(options.workers ?? 1)
   const [name] = linkgateDnsNames()
   try {
