@@ -6,7 +6,7 @@
 //
 // Per variant: keep-alive (wrk -c50) and Connection: close rates, p99, linkgate's CPU µs per
 // request (user/kernel, /proc over all threads); with --sessions, RSS growth per idle session
-// (case 6's method); with --strace, `strace -f -c` over one close run (syscalls per connection).
+// (case 6's method, on the fresh process); with --strace, `strace -f -c` over one close run (syscalls per connection).
 // Addresses and ports are the bench's (127.50.0.0/16): never run it beside `bench/run.ts`.
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -64,6 +64,7 @@ async function wrk (address: string, closeEach: boolean, d: number): Promise<Ret
 }
 
 async function idleSessions (address: string, pid: number, count: number): Promise<number> {
+  await sleep(1000)
   const before = rssKiB(pid)
   const child = spawn(process.execPath, [join(import.meta.dirname, 'lib/idle-clients.ts'), address, String(ports.idle), String(count), '40000'], { stdio: ['pipe', 'pipe', 'inherit'] })
   let line = ''
@@ -110,6 +111,9 @@ async function main (): Promise<void> {
         const daemon: Daemon = await startLinkgate(sub, options)
         const address = linkgateInstance(v.options.workers ?? 1).endpoint
         try {
+          // Idle sessions first, on the fresh process (case 6's method): after the load runs, the
+          // heap has room to spare and would hide them.
+          const kib = Number(values.sessions) > 0 ? await idleSessions(address, daemon.pid, Number(values.sessions)) : undefined
           await wrk(address, false, 1) // warm-up
           const ka = await measureCpu(daemon.pid, () => wrk(address, false, seconds))
           const cc = await measureCpu(daemon.pid, () => wrk(address, true, seconds))
@@ -118,7 +122,7 @@ async function main (): Promise<void> {
             kaRps: ka.result.requestsPerSecond, kaP99: ka.result.p99Ms, kaUser: per(ka.cpu?.userMs, ka.result.requests), kaSys: per(ka.cpu?.systemMs, ka.result.requests),
             ccRps: cc.result.requestsPerSecond, ccP99: cc.result.p99Ms, ccUser: per(cc.cpu?.userMs, cc.result.requests), ccSys: per(cc.cpu?.systemMs, cc.result.requests)
           }
-          if (Number(values.sessions) > 0) s.kib = await idleSessions(address, daemon.pid, Number(values.sessions))
+          if (kib !== undefined) s.kib = kib
           log(`${v.name}: keep-alive ${Math.round(s.kaRps)} req/s p99 ${s.kaP99.toFixed(2)} ms CPU ${s.kaUser.toFixed(1)}+${s.kaSys.toFixed(1)} µs; ` +
             `close ${Math.round(s.ccRps)} conn/s p99 ${s.ccP99.toFixed(2)} ms CPU ${s.ccUser.toFixed(1)}+${s.ccSys.toFixed(1)} µs${s.kib === undefined ? '' : `; ${s.kib.toFixed(2)} KiB/session`}`)
           samples.set(key, [...(samples.get(key) ?? []), s])
