@@ -32,7 +32,11 @@ const variants: Record<string, Variant> = {
   semi16: { name: '--max-semi-space-size=16', options: { workers: 1, nodeArgs: ['--max-semi-space-size=16'] } },
   semi32: { name: '--max-semi-space-size=32', options: { workers: 1, nodeArgs: ['--max-semi-space-size=32'] } },
   semi16w2: { name: 'workers 2, --max-semi-space-size=16', options: { workers: 2, nodeArgs: ['--max-semi-space-size=16'] } },
-  semi1w2: { name: 'workers 2, --max-semi-space-size=1', options: { workers: 2, nodeArgs: ['--max-semi-space-size=1'] } }
+  semi1w2: { name: 'workers 2, --max-semi-space-size=1', options: { workers: 2, nodeArgs: ['--max-semi-space-size=1'] } },
+  // glibc gives each thread that allocates its own malloc arena: the worker's socket wraps
+  // live in a second arena (a question for idle memory per session).
+  arena1: { name: 'MALLOC_ARENA_MAX=1', options: { workers: 1, env: { MALLOC_ARENA_MAX: '1' } } },
+  arena1w2: { name: 'workers 2, MALLOC_ARENA_MAX=1', options: { workers: 2, env: { MALLOC_ARENA_MAX: '1' } } }
 }
 
 const { values } = parseArgs({
