@@ -2,7 +2,7 @@
 // when the store holds many resources. Runnable alone:
 //
 //   node bench/control-scale.ts [--sizes 100,1000,10000] [--creates 40] [--main PATH/dist/main.js] [--json FILE]
-//                               [--label TEXT] [--node-args "--trace-gc"] [--gateway-log FILE]
+//                               [--label TEXT] [--node-args "--trace-gc"] [--gateway-log FILE] [--workers auto|N]
 //
 // For each size N the store is seeded directly with N services + N accepted endpoints (a
 // `state.json` of format 1 in a fresh stateDir: every version of linkgate reads it, the
@@ -14,6 +14,9 @@
 //   a seeded accepted endpoint while 50 creates and 8 list calls run: RTT p50, p99, max; and the
 //   same ping for 1 s before, without API calls, for what the machine itself adds.
 // `--main` runs another build (e.g. a checkout of an older revision) with the same method.
+// `--workers` is the config's `workers` (SPEC §11, default auto as `linkgate start` runs it): each
+// worker binds every endpoint's listener (reusePort), so N endpoints cost N × workers listening
+// descriptors — 10,000 endpoints at `workers: 2` need more than an open-file limit of 20,000.
 // Addresses: 127.73.0.0/16 only (issue 14's range). Health checks are off in the seeded and
 // created services: 10,000 services probing one echo server would measure the prober instead.
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -37,6 +40,8 @@ export interface ControlScaleOptions {
   /** A file that gets the gateway's output. */
   readonly gatewayLog?: string
   readonly log?: (message: string) => void
+  /** The config's `workers`; default `auto`. */
+  readonly workers?: number | 'auto'
 }
 
 let opts: ControlScaleOptions = { sizes: [], creates: 0, main: join(repoRoot, 'dist', 'main.js') }
@@ -215,6 +220,7 @@ async function runSize (dir: string, n: number, echoPort: number, creates: numbe
     subnets: [{ id: 'subnet-a', cidr: SUBNET, zone: 'zone-a' }],
     accounts: [{ id: ACCOUNT, name: 'bench', token: TOKEN }],
     quotas: { servicesPerAccount: 100_000, endpointsPerAccount: 100_000 },
+    ...(opts.workers === undefined || opts.workers === 'auto' ? {} : { workers: opts.workers }),
     log: { level: 'warn' }
   }))
   let gw = await startGateway(configFile)
@@ -315,7 +321,8 @@ async function main (): Promise<void> {
       json: { type: 'string' },
       label: { type: 'string', default: '' },
       'node-args': { type: 'string', default: '' },
-      'gateway-log': { type: 'string' }
+      'gateway-log': { type: 'string' },
+      workers: { type: 'string', default: 'auto' }
     },
     strict: true
   })
@@ -324,6 +331,7 @@ async function main (): Promise<void> {
     creates: Number(values.creates),
     main: values.main,
     nodeArgs: values['node-args'].split(' ').filter((a) => a !== ''),
+    workers: values.workers === 'auto' ? 'auto' : Number(values.workers),
     ...(values['gateway-log'] === undefined ? {} : { gatewayLog: values['gateway-log'] })
   })
   process.stdout.write(controlScaleTable(results, values.label === '' ? '' : `${values.label}: `) + '\n')

@@ -1,5 +1,7 @@
 // `npm run bench [-- --quick]`: linkgate against a direct connection, HAProxy and nginx (and
-// dnsmasq for DNS serving), all on loopback in 127.50.0.0/16, in one run (issue 8).
+// dnsmasq for DNS serving), all on loopback in 127.50.0.0/16, in one run (issue 8); every proxy
+// at one and at two threads side by side (issue 15: linkgate `workers`, HAProxy `nbthread`,
+// nginx `worker_processes`).
 //
 //   node bench/run.ts [--quick] [--only 1,2,...] [--skip-install] [--keep]
 //
@@ -17,6 +19,7 @@ import { parseArgs } from 'node:util'
 import { controlScaleCase } from './cases/control-scale.ts'
 import { connectionRateCase, keepAliveCase, loggingCostCase } from './cases/http.ts'
 import { dnsCase } from './cases/dns.ts'
+import { isolationCase } from './cases/isolation.ts'
 import { memoryCase } from './cases/memory.ts'
 import { proxyProtocolCase } from './cases/proxy-protocol.ts'
 import { throughputCase } from './cases/throughput.ts'
@@ -25,7 +28,7 @@ import { fullPlan, quickPlan, type BenchContext, type PeerState } from './cases/
 import { findTool, run, tcpAccepts, type Daemon } from './lib/proc.ts'
 import { toMarkdown, toSvg } from './lib/report.ts'
 import type { Row, RunResults } from './lib/results.ts'
-import { benchTcpListeners, peerAddress, type PeerName } from './lib/topology.ts'
+import { benchTcpListeners, kindOf, peerAddress, peerNames, proxyNames, threadsOf, type PeerName, type ProxyName } from './lib/topology.ts'
 import { startBackends, type Backends } from './peers/backends.ts'
 import { startHaproxy } from './peers/haproxy.ts'
 import { linkgateUnavailable, repoRoot, startLinkgate } from './peers/linkgate.ts'
@@ -94,23 +97,25 @@ async function main (): Promise<void> {
   }
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-bench-'))
   log(`working directory ${dir}${opts.quick ? ' (quick run)' : ''}`)
-  const peers = Object.fromEntries((['direct', 'haproxy', 'nginx', 'linkgate'] as const).map((name) => [
+  const peers = Object.fromEntries(peerNames.map((name) => [
     name, { name, address: peerAddress(name) } satisfies PeerState
   ])) as Record<PeerName, PeerState>
   let backends: Backends | undefined
   let generation = 0
   const unavailable: Record<string, string> = {}
 
-  const startPeer = async (name: 'haproxy' | 'nginx' | 'linkgate', logging: boolean): Promise<Daemon> => {
+  const startPeer = async (name: ProxyName, logging: boolean): Promise<Daemon> => {
     const sub = join(dir, `${name}-${++generation}`)
     await mkdir(sub, { recursive: true })
-    switch (name) {
-      case 'haproxy': return await startHaproxy(sub, { log: logging })
-      case 'nginx': return await startNginxProxy(sub, { accessLog: logging })
-      case 'linkgate': return await startLinkgate(sub, { accessLog: logging ? join(sub, 'access.log') : 'off' })
+    const threads = threadsOf(name)
+    const address = peerAddress(name)
+    switch (kindOf(name)) {
+      case 'haproxy': return await startHaproxy(sub, { log: logging, threads, address })
+      case 'nginx': return await startNginxProxy(sub, { accessLog: logging, workers: threads, address })
+      default: return await startLinkgate(sub, { accessLog: logging ? join(sub, 'access.log') : 'off', workers: threads })
     }
   }
-  const restart = async (name: 'haproxy' | 'nginx' | 'linkgate', logging: boolean): Promise<void> => {
+  const restart = async (name: ProxyName, logging: boolean): Promise<void> => {
     const peer = peers[name]
     await peer.daemon?.stop()
     peer.daemon = undefined
@@ -132,7 +137,7 @@ async function main (): Promise<void> {
 
   const rows: Row[] = []
   // Case 8 runs its own gateways and needs no peer: alone, it starts none.
-  const needsPeers = [1, 2, 3, 4, 5, 6, 7].some(wanted)
+  const needsPeers = [1, 2, 3, 4, 5, 6, 7, 9, 10].some(wanted)
   try {
     // Something already serving a bench address would answer the readiness probes and take the
     // load in place of the peer the bench started (HAProxy even shares its ports): refuse.
@@ -143,11 +148,11 @@ async function main (): Promise<void> {
       log('starting the backends: nginx (HTTP), iperf3, idle-session server, dnsmasq')
       backends = await startBackends(dir)
     }
-    for (const name of needsPeers ? ['haproxy', 'nginx', 'linkgate'] as const : []) {
-      if (name === 'linkgate') {
+    for (const name of needsPeers ? proxyNames : []) {
+      if (kindOf(name) === 'linkgate') {
         const missing = linkgateUnavailable()
         if (missing !== undefined) {
-          peers.linkgate.unavailable = unavailable.linkgate = missing
+          peers[name].unavailable = unavailable[name] = missing
           log(`linkgate not available: ${missing}`)
           continue
         }
@@ -182,7 +187,8 @@ async function main (): Promise<void> {
       [6, 'memory per idle session', () => memoryCase(ctx)],
       [7, 'logging cost (case 2 with logging off, then on)', () => loggingCostCase(ctx)],
       [8, 'control plane at scale (services + endpoints in the store: 100, 1,000, 10,000)', () => controlScaleCase(ctx)],
-      [9, 'PROXY protocol cost (case 3 through a v2 endpoint against an off one)', () => proxyProtocolCase(ctx)]
+      [9, 'PROXY protocol cost (case 3 through a v2 endpoint against an off one)', () => proxyProtocolCase(ctx)],
+      [10, 'control-plane isolation (keep-alive p99 while the API works: workers against one loop)', () => isolationCase(ctx)]
     ]
     for (const [id, title, runCase] of cases) {
       if (!wanted(id)) continue

@@ -1,7 +1,7 @@
 // What every case gets: the run's settings, the tools, and how to reach each peer.
 import type { CpuTime, Daemon } from '../lib/proc.ts'
 import type { Cell, Column, Row } from '../lib/results.ts'
-import type { PeerName } from '../lib/topology.ts'
+import { peerNames, type PeerName, type ProxyName } from '../lib/topology.ts'
 
 export interface PeerState {
   readonly name: PeerName
@@ -15,22 +15,25 @@ export interface PeerState {
 
 /** How long each load runs and how many interleaved rounds a case makes (the median is kept). */
 export interface BenchPlan {
-  readonly seconds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly wrkWarmUp: number }
-  readonly rounds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly logging: number }
+  readonly seconds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly wrkWarmUp: number, readonly isolation: number }
+  readonly rounds: { readonly iperf: number, readonly wrk: number, readonly dnsperf: number, readonly logging: number, readonly isolation: number }
   /** Case 7 measures these peers (a quick run: linkgate only). */
-  readonly loggingPeers: ReadonlyArray<'haproxy' | 'nginx' | 'linkgate'>
+  readonly loggingPeers: readonly ProxyName[]
 }
 
+// Seven ways through (direct, three proxies at 1 and 2 threads) instead of four: the full run
+// makes fewer, shorter rounds than the single-variant bench did (5 s × 2, 4 s × 3) to stay
+// within ~12 minutes on two cores; the median of 2 interleaved rounds still damps a drift.
 export const fullPlan: BenchPlan = {
-  seconds: { iperf: 5, wrk: 4, dnsperf: 4, wrkWarmUp: 1 },
-  rounds: { iperf: 2, wrk: 3, dnsperf: 2, logging: 2 },
-  loggingPeers: ['haproxy', 'nginx', 'linkgate']
+  seconds: { iperf: 4, wrk: 3, dnsperf: 3, wrkWarmUp: 1, isolation: 4 },
+  rounds: { iperf: 2, wrk: 2, dnsperf: 2, logging: 2, isolation: 2 },
+  loggingPeers: ['haproxy-1', 'nginx-1', 'linkgate-1']
 }
 
 export const quickPlan: BenchPlan = {
-  seconds: { iperf: 2, wrk: 2, dnsperf: 2, wrkWarmUp: 0 },
-  rounds: { iperf: 1, wrk: 1, dnsperf: 1, logging: 1 },
-  loggingPeers: ['linkgate']
+  seconds: { iperf: 2, wrk: 2, dnsperf: 2, wrkWarmUp: 0, isolation: 2 },
+  rounds: { iperf: 1, wrk: 1, dnsperf: 1, logging: 1, isolation: 1 },
+  loggingPeers: ['linkgate-1']
 }
 
 export interface BenchContext {
@@ -39,12 +42,12 @@ export interface BenchContext {
   readonly dir: string
   readonly tools: { readonly iperf3?: string, readonly wrk?: string, readonly dnsperf?: string }
   readonly peers: Readonly<Record<PeerName, PeerState>>
-  /** Restarts a proxy with logging on (true) or off (false); case 7 uses it. */
-  restart (name: 'haproxy' | 'nginx' | 'linkgate', logging: boolean): Promise<void>
+  /** Restarts a proxy with logging on (true) or off (false); cases 6 and 7 use it. */
+  restart (name: ProxyName, logging: boolean): Promise<void>
   log (message: string): void
 }
 
-export const tcpPeers: readonly PeerName[] = ['direct', 'haproxy', 'nginx', 'linkgate']
+export const tcpPeers: readonly PeerName[] = peerNames
 
 /** A cell for a peer that is not running, or a tool that is missing. */
 export function unavailableCell (reason: string): Cell {

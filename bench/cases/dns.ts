@@ -5,19 +5,22 @@
 import type { DnsperfResult } from '../lib/parse.ts'
 import { measureCpu, type CpuTime } from '../lib/proc.ts'
 import type { Cell, Row } from '../lib/results.ts'
-import { ports, topology } from '../lib/topology.ts'
+import { linkgateInstance, ports, topology } from '../lib/topology.ts'
 import { linkgateDnsNames } from '../peers/linkgate.ts'
 import { median, microsPerOp, unavailableCell, type BenchContext } from './context.ts'
 import { dnsperfAgainst, writeQueryFile } from './dns-load.ts'
 
-type Server = 'dnsmasq' | 'linkgate'
+type Server = 'dnsmasq' | 'linkgate-1' | 'linkgate-2'
 
 /** `dnsmasqDown`: why dnsmasq cannot be measured; `dnsmasqPid`: its process, for the CPU time. */
 export async function dnsCase (ctx: BenchContext, dnsmasqDown: string | undefined, dnsmasqPid: number | undefined): Promise<Row[]> {
   const base = { caseId: 5, caseName: 'DNS serving', reference: 'dnsmasq' as const }
   const servers: Array<[Server, string, number, string | undefined, number | undefined]> = [
     ['dnsmasq', topology.dnsmasq, ports.dns, dnsmasqDown, dnsmasqPid],
-    ['linkgate', topology.linkgate.dns, topology.linkgate.dnsPort, ctx.peers.linkgate.unavailable, ctx.peers.linkgate.daemon?.pid]
+    ...([1, 2] as const).map((n): [Server, string, number, string | undefined, number | undefined] => {
+      const peer = ctx.peers[`linkgate-${n}`]
+      return [`linkgate-${n}`, linkgateInstance(n).dns, linkgateInstance(n).dnsPort, peer.unavailable, peer.daemon?.pid]
+    })
   ]
   const samples = new Map<Server, Array<DnsperfResult & { readonly cpu?: CpuTime }>>()
   const qps: Partial<Record<Server, Cell>> = {}

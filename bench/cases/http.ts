@@ -19,10 +19,9 @@ export type WrkRun = WrkResult & { readonly cpu?: CpuTime }
  * One wrk run against `peer`; with `warmUp`, a short run first (JIT, buffer pools), unless the
  * plan has none. The CPU time covers the measured run only, not the warm-up.
  */
-export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach: boolean, warmUp: boolean): Promise<WrkRun> {
+export async function wrkAgainst (ctx: BenchContext, peer: PeerState, closeEach: boolean, warmUp: boolean, seconds = ctx.plan.seconds.wrk): Promise<WrkRun> {
   const wrk = ctx.tools.wrk
   if (wrk === undefined) throw new Error('wrk not installed')
-  const seconds = ctx.plan.seconds.wrk
   const url = `http://${peer.address}:${ports.http}/`
   const args = (d: number): string[] => [
     '-t', '2', '-c', String(wrkConnections), '-d', `${d}s`, '--latency', '--timeout', '2s',

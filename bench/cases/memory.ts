@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { rssKiB } from '../lib/proc.ts'
 import type { Row } from '../lib/results.ts'
-import { ports } from '../lib/topology.ts'
+import { ports, proxyNames, type ProxyName } from '../lib/topology.ts'
 import { cellsOf, perPeer, type BenchContext } from './context.ts'
 
 export const idleSessions = 8000
@@ -52,9 +52,9 @@ async function holdSessions (host: string, count: number, deadlineMs: number): P
 
 export async function memoryCase (ctx: BenchContext): Promise<Row[]> {
   const count = ctx.quick ? idleSessions / 2 : idleSessions
-  const proxies = ['haproxy', 'nginx', 'linkgate'] as const
+  const proxies = proxyNames
   const outcomes = await perPeer<MemoryResult>(ctx, proxies, async (peer) => {
-    await ctx.restart(peer.name as typeof proxies[number], false)
+    await ctx.restart(peer.name as ProxyName, false)
     const pid = ctx.peers[peer.name].daemon?.pid
     if (pid === undefined) throw new Error('no process to measure')
     const settleMs = ctx.quick ? 500 : 1000
@@ -77,7 +77,7 @@ export async function memoryCase (ctx: BenchContext): Promise<Row[]> {
   return [
     { caseId: 6, caseName: 'idle sessions', metric: `RSS growth per idle session (${count.toLocaleString('en-US')} sessions)`, unit: 'KiB', better: 'lower',
       reference: 'haproxy', cells: { direct: { note: 'n/a: no proxy process' }, ...cellsOf(outcomes, (r) => r.kibPerSession) },
-      note: 'RSS of the proxy\'s processes (nginx: master + workers), fresh process, after one byte each way on every session',
+      note: 'RSS of the proxy\'s processes (nginx: master + workers; linkgate: its one process, main thread + data-plane worker threads), fresh process, after one byte each way on every session; growth ÷ sessions',
       target: { kind: 'absolute', max: 4, text: '≤ 4 KiB' } }
   ]
 }

@@ -1,4 +1,4 @@
-// Case 8: what the PROXY protocol (SPEC §13) costs linkgate per new connection. Two services
+// Case 9: what the PROXY protocol (SPEC §13) costs linkgate per new connection. Two services
 // created through the running linkgate's API, identical but for `proxyProtocol` (off / v2), each
 // with an endpoint of its own, in front of one nginx that listens twice on the backend address:
 // plainly, and with `proxy_protocol` (so the v2 header is really parsed, and a wrong one fails).
@@ -70,13 +70,13 @@ async function createPath (name: string, servicePort: number, proxyProtocol: 'of
 }
 
 export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
-  const base = { caseId: 8, caseName: 'PROXY protocol cost', reference: 'linkgate' as const }
-  const lg = ctx.peers.linkgate
+  const base = { caseId: 9, caseName: 'PROXY protocol cost', reference: 'linkgate' as const }
+  const lg = ctx.peers['linkgate-1']
   const missing = ctx.tools.wrk === undefined
     ? 'wrk not installed'
     : findTool('nginx') === undefined ? 'nginx not installed' : lg.unavailable ?? (lg.daemon === undefined ? 'linkgate not running' : undefined)
   if (missing !== undefined) {
-    return [{ ...base, metric: 'connection rate, proxyProtocol v2', unit: 'conn/s', better: 'higher', cells: { linkgate: unavailableCell(missing) } }]
+    return [{ ...base, metric: 'connection rate, proxyProtocol v2', unit: 'conn/s', better: 'higher', cells: { 'linkgate-1': unavailableCell(missing) } }]
   }
   const dir = join(ctx.dir, 'proxy-protocol-backend')
   await mkdir(dir, { recursive: true })
@@ -93,8 +93,8 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
     created.push(await createPath('ppv2', PP_PORT, 'v2', ENDPOINT_V2))
     await waitFor('the two endpoints to listen', 10_000, async () =>
       await tcpAccepts(ENDPOINT_OFF, TERMINAL_PORT) && await tcpAccepts(ENDPOINT_V2, TERMINAL_PORT))
-    const peerOff: PeerState = { name: 'linkgate', address: ENDPOINT_OFF, daemon: lg.daemon }
-    const peerV2: PeerState = { name: 'linkgate', address: ENDPOINT_V2, daemon: lg.daemon }
+    const peerOff: PeerState = { name: 'linkgate-1', address: ENDPOINT_OFF, daemon: lg.daemon }
+    const peerV2: PeerState = { name: 'linkgate-1', address: ENDPOINT_V2, daemon: lg.daemon }
     const off: WrkRun[] = []
     const v2: WrkRun[] = []
     // An even number of rounds, so each order comes as often; the machine's drift over a run
@@ -117,18 +117,18 @@ export async function proxyProtocolCase (ctx: BenchContext): Promise<Row[]> {
     const ratios = v2.map((r, i) => r.requestsPerSecond / (off[i] as WrkRun).requestsPerSecond)
     const cost = (1 - median(ratios)) * 100
     ctx.log(`  v2 ÷ off per round: ${ratios.map((r) => r.toFixed(3)).join(', ')} (cost, from their median: ${cost.toFixed(1)}%)`)
-    const note = `wrk -H "Connection: close", ${wrkConnections} connections, ${rounds > 1 ? `median of ${rounds} runs of ` : ''}${ctx.plan.seconds.wrk} s each way, interleaved; one linkgate process, one nginx backend (a plain listener and a proxy_protocol one)`
+    const note = `wrk -H "Connection: close", ${wrkConnections} connections, ${rounds > 1 ? `median of ${rounds} runs of ` : ''}${ctx.plan.seconds.wrk} s each way, interleaved; one linkgate process (workers: 1), one nginx backend (a plain listener and a proxy_protocol one)`
     const cell = (value: number, samples: readonly number[]): { value: number, samples?: readonly number[] } =>
       samples.length > 1 ? { value, samples } : { value }
     return [
-      { ...base, metric: 'connection rate, proxyProtocol off', unit: 'conn/s', better: 'higher', cells: { linkgate: cell(offRate, off.map((r) => r.requestsPerSecond)) }, note },
-      { ...base, metric: 'connection rate, proxyProtocol v2', unit: 'conn/s', better: 'higher', cells: { linkgate: cell(v2Rate, v2.map((r) => r.requestsPerSecond)) } },
-      { ...base, metric: 'cost of v2 (1 − v2 ÷ off)', unit: '%', better: 'lower', cells: { linkgate: { value: cost } },
+      { ...base, metric: 'connection rate, proxyProtocol off', unit: 'conn/s', better: 'higher', cells: { 'linkgate-1': cell(offRate, off.map((r) => r.requestsPerSecond)) }, note },
+      { ...base, metric: 'connection rate, proxyProtocol v2', unit: 'conn/s', better: 'higher', cells: { 'linkgate-1': cell(v2Rate, v2.map((r) => r.requestsPerSecond)) } },
+      { ...base, metric: 'cost of v2 (1 − v2 ÷ off)', unit: '%', better: 'lower', cells: { 'linkgate-1': { value: cost } },
         target: { kind: 'absolute', max: 5, text: '≤ 5%' }, note: 'median of the per-round ratios (each round runs off and v2 back to back)' },
       { ...base, metric: 'linkgate CPU per connection, off (user + kernel)', unit: 'µs', better: 'lower',
-        cells: { linkgate: { value: cpu(off, 'userMs') + cpu(off, 'systemMs') } } },
+        cells: { 'linkgate-1': { value: cpu(off, 'userMs') + cpu(off, 'systemMs') } } },
       { ...base, metric: 'linkgate CPU per connection, v2 (user + kernel)', unit: 'µs', better: 'lower',
-        cells: { linkgate: { value: cpu(v2, 'userMs') + cpu(v2, 'systemMs') } } }
+        cells: { 'linkgate-1': { value: cpu(v2, 'userMs') + cpu(v2, 'systemMs') } } }
     ]
   } finally {
     for (const { serviceId, endpointId } of created.reverse()) {

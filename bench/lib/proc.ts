@@ -73,10 +73,10 @@ export class Daemon {
   #done = false
 
   /** `stdin: 'pipe'` gives the child a pipe that closes when the harness dies (the node helpers watch it). */
-  constructor (name: string, cmd: string, args: readonly string[], options: { cwd?: string, stdin?: 'pipe' | 'ignore' } = {}) {
+  constructor (name: string, cmd: string, args: readonly string[], options: { cwd?: string, stdin?: 'pipe' | 'ignore', env?: NodeJS.ProcessEnv } = {}) {
     installExitHook()
     this.name = name
-    this.child = spawn(cmd, args, { cwd: options.cwd, stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'], detached: true })
+    this.child = spawn(cmd, args, { cwd: options.cwd, env: options.env, stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'], detached: true })
     this.child.stdin?.on('error', () => {})
     const keep = (s: string): void => {
       this.#output = (this.#output + s).slice(-8192)

@@ -1,7 +1,7 @@
 // A run's results as Markdown (two tables: the figures, then their ratios) and as an SVG chart
 // of the ratios to each row's reference (written by hand: a chart library would be the bench's
 // only dependency).
-import { columnTitle, columns, evaluateTarget, ratio, type Column, type Row, type RunResults } from './results.ts'
+import { columnTitle, columns, ratio, referenceColumn, referenceTitle, targetBase, verdictText, type Column, type Row, type RunResults } from './results.ts'
 
 export function formatNumber (n: number): string {
   if (!Number.isFinite(n)) return String(n)
@@ -55,28 +55,28 @@ export function toMarkdown (run: RunResults): string {
     (run.machine.loadAverage.start > 0.5 * run.machine.cpus ? ' (**busy machine: figures are low and noisy**)' : '') + '.')
   const versions = Object.entries(run.versions).map(([k, v]) => `${k} ${v}`).join(', ')
   if (versions !== '') out.push('', `Versions: ${versions}.`)
-  for (const [peer, reason] of Object.entries(run.peersUnavailable)) out.push('', `**${peer} not available**: ${reason}`)
+  for (const [peer, reason] of Object.entries(run.peersUnavailable)) out.push('', `**${columnTitle[peer as Column] ?? peer} not available**: ${reason}`)
 
   out.push('', '## Figures', '')
   out.push(`| case | metric | ${used.map((c) => columnTitle[c]).join(' | ')} | target | verdict | notes |`)
   out.push(`|---|---|${used.map(() => '--:').join('|')}|---|---|---|`)
   for (const row of run.rows) {
     const target = row.target?.text ?? ''
-    const verdict = row.target === undefined ? '' : evaluateTarget(row)
+    const verdict = verdictText(row)
     out.push(`| ${row.caseId}. ${row.caseName} | ${row.metric} (${row.unit}) | ${used.map((c) => cellText(row, c)).join(' | ')} | ${target} | ${verdict} | ${rowNotes(row, run.peersUnavailable)} |`)
   }
 
   out.push('', '## Ratios', '')
-  out.push('Each figure divided by the row\'s reference (HAProxy; nginx for UDP; dnsmasq for DNS serving), and by direct. ' +
+  out.push('Each figure divided by the row\'s reference at the same thread count (HAProxy; nginx for UDP; dnsmasq for DNS serving), and by direct. ' +
     'For latency, loss, memory and CPU time, lower is better, so a ratio below 1 is the better one.', '')
   const proxies = used.filter((c) => c !== 'direct')
   out.push(`| case | metric | reference | ${proxies.map((c) => `${columnTitle[c]} ÷ ref`).join(' | ')} | ${proxies.map((c) => `${columnTitle[c]} ÷ direct`).join(' | ')} |`)
   out.push(`|---|---|---|${proxies.map(() => '--:').join('|')}|${proxies.map(() => '--:').join('|')}|`)
   for (const row of run.rows) {
     if (!ratioWorthy(row)) continue
-    const toRef = proxies.map((c) => (c === row.reference ? (row.cells[c]?.value !== undefined ? '1.00×' : '—') : formatRatio(ratio(row, c))))
+    const toRef = proxies.map((c) => (c === referenceColumn(row.reference, c) ? (row.cells[c]?.value !== undefined ? '1.00×' : '—') : formatRatio(ratio(row, c))))
     const toDirect = proxies.map((c) => formatRatio(ratio(row, c, 'direct')))
-    out.push(`| ${row.caseId} | ${row.metric} | ${columnTitle[row.reference]} | ${toRef.join(' | ')} | ${toDirect.join(' | ')} |`)
+    out.push(`| ${row.caseId} | ${row.metric} | ${referenceTitle[row.reference]} | ${toRef.join(' | ')} | ${toDirect.join(' | ')} |`)
   }
   out.push('')
   return out.join('\n')
@@ -84,10 +84,14 @@ export function toMarkdown (run: RunResults): string {
 
 const colors: Readonly<Record<Column, string>> = {
   direct: '#9e9e9e',
-  haproxy: '#1f77b4',
-  nginx: '#2ca02c',
+  'haproxy-1': '#1f77b4',
+  'haproxy-2': '#6baed6',
+  'nginx-1': '#2ca02c',
+  'nginx-2': '#98df8a',
   dnsmasq: '#9467bd',
-  linkgate: '#ff7f0e'
+  'linkgate-0': '#8c564b',
+  'linkgate-1': '#ff7f0e',
+  'linkgate-2': '#fdae6b'
 }
 
 function escapeXml (s: string): string {
@@ -108,23 +112,27 @@ export function relative (row: Row, column: Column): number | undefined {
  */
 function chartRows (run: RunResults): Row[] {
   return run.rows.filter((row) => row.target !== undefined && ratioWorthy(row) &&
-    row.cells[row.reference]?.value !== undefined && row.cells[row.reference]?.value !== 0)
+    linkgateHasReference(row))
 }
 
-/** Where linkgate's target sits on the chart's scale (reference = 1, higher is better). */
-export function targetRelative (row: Row): number | undefined {
+/** A row with a reference figure for at least one of linkgate's columns. */
+function linkgateHasReference (row: Row): boolean {
+  return (['linkgate-1', 'linkgate-2'] as const).some((c) => {
+    const ref = referenceColumn(row.reference, c)
+    const v = ref === undefined ? undefined : row.cells[ref]?.value
+    return v !== undefined && v !== 0
+  })
+}
+
+/** Where linkgate's target for `column` sits on the chart's scale (its reference = 1, higher is better). */
+export function targetRelative (row: Row, column: Column): number | undefined {
   const t = row.target
-  const ref = row.cells[row.reference]?.value
+  const refColumn = referenceColumn(row.reference, column)
+  const ref = refColumn === undefined ? undefined : row.cells[refColumn]?.value
   if (t === undefined || ref === undefined || ref === 0) return undefined
   const toRelative = (value: number): number | undefined => (row.better === 'higher' ? value / ref : value === 0 ? undefined : ref / value)
   if (t.kind === 'absolute') return toRelative(t.max)
-  let base: number | undefined
-  if (t.against === 'best-proxy') {
-    const found = [row.cells.haproxy?.value, row.cells.nginx?.value].filter((v): v is number => v !== undefined)
-    if (found.length > 0) base = row.better === 'higher' ? Math.max(...found) : Math.min(...found)
-  } else {
-    base = row.cells[t.against]?.value
-  }
+  const base = targetBase(row, column)
   const factor = t.min ?? t.max
   if (base === undefined || factor === undefined) return undefined
   return toRelative(base * factor)
@@ -145,7 +153,7 @@ export function toSvg (run: RunResults): string {
     const present = columns.filter((c) => row.cells[c] !== undefined)
     const groupHeight = present.length * (barHeight + 2) + 14
     parts.push(`<text x="${labelWidth - 10}" y="${y + groupHeight / 2}" text-anchor="end" class="label">${escapeXml(`${row.caseId}. ${row.metric}`)}</text>`)
-    parts.push(`<text x="${labelWidth - 10}" y="${y + groupHeight / 2 + 13}" text-anchor="end" class="sub">${escapeXml(`${row.unit}, ${row.better} is better, vs ${columnTitle[row.reference]}`)}</text>`)
+    parts.push(`<text x="${labelWidth - 10}" y="${y + groupHeight / 2 + 13}" text-anchor="end" class="sub">${escapeXml(`${row.unit}, ${row.better} is better, vs ${referenceTitle[row.reference]} at equal threads`)}</text>`)
     let by = y + 5
     for (const c of present) {
       const rel = relative(row, c)
@@ -157,7 +165,7 @@ export function toSvg (run: RunResults): string {
         parts.push(`<rect x="${labelWidth}" y="${by}" width="${w.toFixed(1)}" height="${barHeight}" fill="${colors[c]}"><title>${escapeXml(`${columnTitle[c]}: ${formatNumber(value)} ${row.unit}`)}</title></rect>`)
         parts.push(`<text x="${(labelWidth + w + 4).toFixed(1)}" y="${by + barHeight - 3}" class="val">${escapeXml(`${rel.toFixed(2)}×  ${columnTitle[c]} ${formatNumber(value)} ${row.unit}`)}</text>`)
       }
-      const goal = c === 'linkgate' ? targetRelative(row) : undefined
+      const goal = c === 'linkgate-1' || c === 'linkgate-2' ? targetRelative(row, c) : undefined
       if (goal !== undefined && goal <= maxRatio) {
         const gx = (labelWidth + goal * scale).toFixed(1)
         parts.push(`<line x1="${gx}" x2="${gx}" y1="${by - 2}" y2="${by + barHeight + 2}" class="goal"><title>${escapeXml(`target: ${row.target?.text ?? ''}`)}</title></line>`)
@@ -174,9 +182,9 @@ export function toSvg (run: RunResults): string {
     ticks.push(`<line x1="${x}" x2="${x}" y1="${top - 6}" y2="${y - 4}" class="${t === 1 ? 'one' : 'grid'}"/>`)
     ticks.push(`<text x="${x}" y="${top - 10}" text-anchor="middle" class="sub">${t.toFixed(1)}×</text>`)
   }
-  const legend = columns.map((c, i) => `<rect x="${20 + i * 110}" y="${height - 28}" width="12" height="12" fill="${colors[c]}"/><text x="${36 + i * 110}" y="${height - 18}" class="label">${columnTitle[c]}</text>`)
-  const gx = 26 + columns.length * 110
-  legend.push(`<line x1="${gx}" x2="${gx}" y1="${height - 30}" y2="${height - 14}" class="goal"/><text x="${gx + 10}" y="${height - 18}" class="label">linkgate's target (issue 8)</text>`)
+  const legend = columns.map((c, i) => `<rect x="${20 + i * 100}" y="${height - 28}" width="12" height="12" fill="${colors[c]}"/><text x="${36 + i * 100}" y="${height - 18}" class="label">${columnTitle[c]}</text>`)
+  const gx = 26 + columns.length * 100
+  legend.push(`<line x1="${gx}" x2="${gx}" y1="${height - 30}" y2="${height - 14}" class="goal"/><text x="${gx + 10}" y="${height - 18}" class="label">linkgate's target (issues 8, 15)</text>`)
   const unavailable = Object.keys(run.peersUnavailable).length > 0
     ? ` (not available: ${Object.keys(run.peersUnavailable).join(', ')})`
     : ''
@@ -187,7 +195,7 @@ export function toSvg (run: RunResults): string {
       '.goal{stroke:#d62728;stroke-width:3}.val,.na{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}</style>',
     '<rect width="100%" height="100%" fill="#fff"/>',
     `<text x="20" y="24" class="label" font-size="15" font-weight="bold">${escapeXml(`linkgate bench ${run.date}${run.quick ? ' (quick)' : ''}: relative to the reference (1.0×), higher is better${unavailable}`)}</text>`,
-    `<text x="20" y="42" class="sub">${escapeXml('Rows with a target; the Markdown has every row. Reference: HAProxy (TCP), nginx (UDP), dnsmasq (DNS serving). Latency and memory inverted (ref ÷ value). Bars cut at 4×.')}</text>`,
+    `<text x="20" y="42" class="sub">${escapeXml('Rows with a target; the Markdown has every row. Reference at equal threads (×1, ×2): HAProxy (TCP), nginx (UDP), dnsmasq (DNS serving). Latency and memory inverted (ref ÷ value). Bars cut at 4×.')}</text>`,
     ...ticks,
     ...parts,
     ...legend,

@@ -46,25 +46,71 @@ export const benchIds = {
   endpointId: 'vpce-00000000be0e'
 } as const
 
-export type PeerName = 'direct' | 'haproxy' | 'nginx' | 'linkgate'
+/** What a column of the results stands for: a way to reach the backends, or a DNS server. */
+export type PeerKind = 'direct' | 'haproxy' | 'nginx' | 'linkgate'
+
+/**
+ * Every way to reach the backends in one run (issue 15): direct, and each proxy at one and at
+ * two threads — HAProxy `nbthread`, nginx `worker_processes`, linkgate `workers`.
+ */
+export type PeerName = 'direct' | 'haproxy-1' | 'haproxy-2' | 'nginx-1' | 'nginx-2' | 'linkgate-1' | 'linkgate-2'
+export const peerNames: readonly PeerName[] = ['direct', 'haproxy-1', 'haproxy-2', 'nginx-1', 'nginx-2', 'linkgate-1', 'linkgate-2']
+export type ProxyName = Exclude<PeerName, 'direct'>
+export const proxyNames: readonly ProxyName[] = ['haproxy-1', 'haproxy-2', 'nginx-1', 'nginx-2', 'linkgate-1', 'linkgate-2']
+
+/** The kind of a peer ('haproxy-2' -> 'haproxy'). */
+export function kindOf (name: PeerName): PeerKind {
+  return name === 'direct' ? 'direct' : name.slice(0, name.indexOf('-')) as PeerKind
+}
+
+/** Threads (or worker processes) of a peer; direct counts as 1. */
+export function threadsOf (name: PeerName): 1 | 2 {
+  return name.endsWith('-2') ? 2 : 1
+}
+
+/** Where one linkgate instance of the bench listens. */
+export interface LinkgateInstance {
+  readonly api: string
+  readonly apiPort: number
+  readonly dns: string
+  readonly dnsPort: number
+  readonly subnet: string
+  readonly endpoint: string
+}
+
+/**
+ * linkgate at `workers: 1` is topology.linkgate; at `workers: 2` it listens on .2 and its endpoint
+ * is .20; the single-loop instance of case 10 (data plane on the main thread) on .3 and .30.
+ */
+export function linkgateInstance (variant: 0 | 1 | 2): LinkgateInstance {
+  if (variant === 1) return topology.linkgate
+  const host = `127.50.4.${variant === 2 ? 2 : 3}`
+  return { ...topology.linkgate, api: host, dns: host, endpoint: `127.50.4.${variant === 2 ? 20 : 30}` }
+}
 
 /** The address a client uses to reach the backends through `peer`. */
 export function peerAddress (peer: PeerName): string {
   switch (peer) {
     case 'direct': return topology.backend
-    case 'haproxy': return topology.haproxy
-    case 'nginx': return topology.nginx
-    case 'linkgate': return topology.linkgate.endpoint
+    case 'haproxy-1': return topology.haproxy
+    case 'haproxy-2': return '127.50.2.2'
+    case 'nginx-1': return topology.nginx
+    case 'nginx-2': return '127.50.3.2'
+    case 'linkgate-1': return topology.linkgate.endpoint
+    case 'linkgate-2': return linkgateInstance(2).endpoint
   }
 }
 
-/** Every TCP address:port the bench binds: backends, each proxy's ports, linkgate's API. */
+/** Every TCP address:port the bench binds: backends, each proxy's ports, linkgate's APIs and DNS. */
 export function benchTcpListeners (): Array<[string, number]> {
   const tcp = [ports.iperf, ports.http, ports.idle]
   const out: Array<[string, number]> = []
-  for (const host of [topology.backend, topology.haproxy, topology.nginx, topology.linkgate.endpoint]) {
+  for (const host of [topology.backend, ...proxyNames.map(peerAddress), linkgateInstance(0).endpoint]) {
     for (const port of tcp) out.push([host, port])
   }
-  out.push([topology.linkgate.api, topology.linkgate.apiPort], [topology.linkgate.dns, topology.linkgate.dnsPort])
+  for (const v of [0, 1, 2] as const) {
+    const lg = linkgateInstance(v)
+    out.push([lg.api, lg.apiPort], [lg.dns, lg.dnsPort])
+  }
   return out
 }

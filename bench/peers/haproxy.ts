@@ -1,5 +1,5 @@
-// HAProxy as a plain TCP proxy, at defaults as a user would run it: nbthread and maxconn unset
-// (HAProxy then starts one thread per CPU and derives maxconn from the open-file limit).
+// HAProxy as a plain TCP proxy, at defaults as a user would run it but for `nbthread` (1 or 2,
+// one instance each, issue 15); maxconn unset (derived from the open-file limit).
 // HAProxy has no UDP proxy in its open-source edition, so it takes no part in case 4.
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -9,6 +9,10 @@ import { ports, topology } from '../lib/topology.ts'
 export interface HaproxyOptions {
   /** Log one line per connection to stdout (`option tcplog`), as case 7's "logging on" would. */
   readonly log?: boolean
+  /** `nbthread` (default 1). */
+  readonly threads?: 1 | 2
+  /** Where it listens (default topology.haproxy, the ×1 instance's address). */
+  readonly address?: string
 }
 
 export function haproxyConfig (options: HaproxyOptions = {}): string {
@@ -16,7 +20,8 @@ export function haproxyConfig (options: HaproxyOptions = {}): string {
   const lines = [
     '# written by bench/peers/haproxy.ts',
     'global',
-    '    # nbthread and maxconn left unset on purpose: HAProxy picks them (threads = CPUs).',
+    `    nbthread ${options.threads ?? 1}`,
+    '    # maxconn left unset on purpose: HAProxy derives it from the open-file limit.',
     ...(options.log === true ? ['    log stdout format raw local0'] : []),
     '',
     'defaults',
@@ -31,7 +36,7 @@ export function haproxyConfig (options: HaproxyOptions = {}): string {
   for (const port of tcpPorts) {
     lines.push(
       `listen tcp_${port}`,
-      `    bind ${topology.haproxy}:${port}`,
+      `    bind ${options.address ?? topology.haproxy}:${port}`,
       `    server backend ${topology.backend}:${port}`,
       ''
     )
@@ -57,7 +62,7 @@ export async function startHaproxy (dir: string, options: HaproxyOptions = {}): 
   try {
     await waitFor('haproxy to listen', 10_000, async () => {
       if (!daemon.running) throw new Error(`haproxy exited: ${daemon.output()}`)
-      return await tcpAccepts(topology.haproxy, ports.http)
+      return await tcpAccepts(options.address ?? topology.haproxy, ports.http)
     })
   } catch (err) {
     await daemon.stop()

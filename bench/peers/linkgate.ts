@@ -9,7 +9,7 @@ import { stringify } from 'yaml'
 import { endpointDnsNames } from '../../src/control/dns-names.ts'
 import { probeDns } from '../lib/dns-probe.ts'
 import { Daemon, tcpAccepts, waitFor } from '../lib/proc.ts'
-import { benchIds, ports, topology } from '../lib/topology.ts'
+import { benchIds, linkgateInstance, ports, topology } from '../lib/topology.ts'
 
 export const repoRoot = resolve(import.meta.dirname, '../..')
 export const linkgateMain = join(repoRoot, 'dist', 'main.js')
@@ -17,6 +17,16 @@ export const linkgateMain = join(repoRoot, 'dist', 'main.js')
 export interface LinkgateOptions {
   /** `log.access`: `off`, or a file that gets one JSON line per finished connection. */
   readonly accessLog?: string
+  /**
+   * `workers` (SPEC §11; default 1), or 0: the data plane on the main thread, in the same event
+   * loop as the control plane (what linkgate was before workers; case 10 compares with it). The
+   * CLI always runs workers, so 0 starts bench/lib/linkgate-one-loop.ts, which calls buildApp
+   * without them.
+   */
+  readonly workers?: 0 | 1 | 2
+  /** Node flags after the shebang's, and environment variables over the harness's (hot-path experiments). */
+  readonly nodeArgs?: readonly string[]
+  readonly env?: Readonly<Record<string, string>>
 }
 
 /** The bench endpoint's [regional, zonal] DNS names. */
@@ -29,9 +39,10 @@ export function linkgateDnsNames (): [string, string] {
 
 /** The config as a plain object (written as YAML); `check-config` and the schema accept it. */
 export function linkgateConfigObject (dir: string, options: LinkgateOptions = {}): Record<string, unknown> {
-  const lg = topology.linkgate
+  const lg = linkgateInstance(options.workers ?? 1)
   return {
     region: benchIds.region,
+    workers: Math.max(1, options.workers ?? 1),
     listen: { api: `${lg.api}:${lg.apiPort}`, dns: `${lg.dns}:${lg.dnsPort}` },
     stateDir: join(dir, 'state'),
     dns: { suffix: benchIds.suffix, ttl: 30, upstreams: [] },
@@ -40,6 +51,8 @@ export function linkgateConfigObject (dir: string, options: LinkgateOptions = {}
     accounts: [{ id: benchIds.accountId, name: 'bench', token: benchIds.token }],
     // Case 6 holds 8,000 idle sessions on one endpoint; the default cap is 3,000.
     limits: { maxConnectionsPerEndpoint: 20000 },
+    // Case 10 creates 50 services per run on top of the bench's own (the default quota is 20).
+    quotas: { servicesPerAccount: 1000 },
     services: [{
       id: benchIds.serviceId,
       ownerAccountId: benchIds.accountId,
@@ -89,8 +102,10 @@ export async function startLinkgate (dir: string, options: LinkgateOptions = {})
   if (missing !== undefined) throw new Error(missing)
   const file = join(dir, 'linkgate.yaml')
   await writeFile(file, linkgateConfig(dir, options))
-  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), linkgateMain, 'start', '--config', file], { cwd: dir })
-  const lg = topology.linkgate
+  const entry = options.workers === 0 ? [join(import.meta.dirname, '../lib/linkgate-one-loop.ts'), file] : [linkgateMain, 'start', '--config', file]
+  const daemon = new Daemon('linkgate', process.execPath, [...linkgateNodeFlags(), ...(options.nodeArgs ?? []), ...entry],
+    { cwd: dir, ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } }) })
+  const lg = linkgateInstance(options.workers ?? 1)
   const [name] = linkgateDnsNames()
   try {
     await waitFor('linkgate to serve the bench endpoint', 20_000, async () => {

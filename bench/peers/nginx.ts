@@ -1,7 +1,7 @@
 // nginx twice: as the HTTP backend of cases 2, 3 and 7 (small fixed responses), and as a peer
-// TCP/UDP proxy through its stream module. Both at defaults as a user would run them
-// (worker_processes auto), except worker_connections: its default of 512 per worker cannot
-// hold case 6's 8,000 idle sessions (each takes two connections), so it is raised.
+// TCP/UDP proxy through its stream module. The backend at defaults (worker_processes auto), the
+// proxy at 1 or 2 worker processes (one instance each, issue 15). Both raise worker_connections:
+// its default of 512 per worker cannot hold case 6's 8,000 idle sessions (two connections each).
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Daemon, findTool, run, tcpAccepts, waitFor } from '../lib/proc.ts'
@@ -13,10 +13,10 @@ export const streamModule = '/usr/lib/nginx/modules/ngx_stream_module.so'
 /** The small response body of the HTTP backend. */
 export const httpBody = 'hello from the bench backend\n'
 
-function common (dir: string): string[] {
+function common (dir: string, workers: number | 'auto' = 'auto'): string[] {
   return [
     '# written by bench/peers/nginx.ts',
-    'worker_processes auto;',
+    `worker_processes ${workers};`,
     `pid ${join(dir, 'nginx.pid')};`,
     `error_log ${join(dir, 'error.log')} warn;`,
     'daemon off;'
@@ -25,14 +25,19 @@ function common (dir: string): string[] {
 
 export interface NginxProxyOptions {
   readonly accessLog?: boolean
+  /** `worker_processes` of the proxy (default 1; issue 15 runs 1 and 2). */
+  readonly workers?: 1 | 2
+  /** Where it listens (default topology.nginx, the ×1 instance's address). */
+  readonly address?: string
 }
 
 /** nginx as a TCP and UDP proxy (stream module) in front of the bench backend. */
 export function nginxProxyConfig (dir: string, options: NginxProxyOptions = {}): string {
   const tcp = [ports.iperf, ports.http, ports.idle]
+  const address = options.address ?? topology.nginx
   const lines = [
     `load_module ${streamModule};`,
-    ...common(dir),
+    ...common(dir, options.workers ?? 1),
     'events { worker_connections 16384; }',
     'stream {',
     ...(options.accessLog === true
@@ -45,9 +50,9 @@ export function nginxProxyConfig (dir: string, options: NginxProxyOptions = {}):
     '    proxy_connect_timeout 3s;'
   ]
   for (const port of tcp) {
-    lines.push(`    server { listen ${topology.nginx}:${port}; proxy_pass ${topology.backend}:${port}; proxy_timeout 350s; }`)
+    lines.push(`    server { listen ${address}:${port}; proxy_pass ${topology.backend}:${port}; proxy_timeout 350s; }`)
   }
-  lines.push(`    server { listen ${topology.nginx}:${ports.dns} udp; proxy_pass ${topology.backend}:${ports.dns}; proxy_timeout 120s; }`)
+  lines.push(`    server { listen ${address}:${ports.dns} udp; proxy_pass ${topology.backend}:${ports.dns}; proxy_timeout 120s; }`)
   lines.push('}', '')
   return lines.join('\n')
 }
@@ -106,7 +111,7 @@ async function start (name: string, dir: string, config: string, host: string, p
 }
 
 export function startNginxProxy (dir: string, options: NginxProxyOptions = {}): Promise<Daemon> {
-  return start('nginx', dir, nginxProxyConfig(dir, options), topology.nginx, ports.http)
+  return start('nginx', dir, nginxProxyConfig(dir, options), options.address ?? topology.nginx, ports.http)
 }
 
 export function startNginxBackend (dir: string): Promise<Daemon> {

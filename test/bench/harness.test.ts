@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { parseDnsperf, parseIperf, parseWrk } from '../../bench/lib/parse.ts'
 import { cpuTime, findTool } from '../../bench/lib/proc.ts'
 import { toMarkdown, toSvg } from '../../bench/lib/report.ts'
-import { evaluateTarget, type Row, type RunResults } from '../../bench/lib/results.ts'
+import { evaluateTarget, verdictText, type Row, type RunResults } from '../../bench/lib/results.ts'
 import { benchIds, ports, topology } from '../../bench/lib/topology.ts'
 import { checkDnsmasqConfig, dnsmasqConfig } from '../../bench/peers/dnsmasq.ts'
 import { checkHaproxyConfig, haproxyConfig } from '../../bench/peers/haproxy.ts'
@@ -54,17 +54,18 @@ t.test('haproxy -c accepts the HAProxy config, with and without logging', skipUn
   const dir = await tempDir(t)
   for (const log of [false, true]) {
     const file = join(dir, `haproxy-${log}.cfg`)
-    await writeFile(file, haproxyConfig({ log }))
+    await writeFile(file, haproxyConfig({ log, threads: log ? 2 : 1 }))
     const r = await checkHaproxyConfig(file)
     t.ok(r.ok, `log=${log}: ${r.output}`)
   }
 })
 
-t.test('the HAProxy config binds only the HAProxy address and leaves nbthread and maxconn unset', async (t) => {
+t.test('the HAProxy config binds only the HAProxy address, sets nbthread and leaves maxconn unset', async (t) => {
   const text = haproxyConfig()
   const binds = [...text.matchAll(/^\s*bind (\S+)$/gm)].map((m) => m[1])
   t.same(binds, [ports.iperf, ports.http, ports.idle].map((p) => `${topology.haproxy}:${p}`))
-  t.notMatch(text, /^\s*(nbthread|maxconn)\b/m)
+  t.notMatch(text, /^\s*maxconn\b/m)
+  t.match(text, /^\s*nbthread 1$/m)
 })
 
 t.test('nginx -t accepts the stream proxy config, with and without an access log', skipUnlessCi(nginxMissing), async (t) => {
@@ -98,9 +99,9 @@ t.test('nginx -t accepts case 8\'s backend config: a plain listener and a proxy_
   t.ok(r.ok, r.output)
 })
 
-t.test('the nginx proxy runs worker_processes auto and proxies UDP to the backend', async (t) => {
+t.test('the nginx proxy runs one worker process by default and proxies UDP to the backend', async (t) => {
   const text = nginxProxyConfig('/tmp/x')
-  t.match(text, /^worker_processes auto;$/m)
+  t.match(text, /^worker_processes 1;$/m)
   t.match(text, new RegExp(`listen ${topology.nginx.replaceAll('.', '\\.')}:${ports.dns} udp; proxy_pass ${topology.backend.replaceAll('.', '\\.')}:${ports.dns};`))
 })
 
@@ -202,20 +203,37 @@ function row (cells: Row['cells'], target: Row['target'], better: Row['better'] 
 
 t.test('a ratio target against the better of HAProxy and nginx uses the faster one', async (t) => {
   const target = { kind: 'ratio', against: 'best-proxy', min: 1, text: '' } as const
-  t.equal(evaluateTarget(row({ haproxy: { value: 8 }, nginx: { value: 10 }, linkgate: { value: 9 } }, target)), 'missed')
-  t.equal(evaluateTarget(row({ haproxy: { value: 8 }, nginx: { value: 10 }, linkgate: { value: 10 } }, target)), 'met')
+  t.equal(evaluateTarget(row({ 'haproxy-1': { value: 8 }, 'nginx-1': { value: 10 }, 'linkgate-1': { value: 9 } }, target)), 'missed')
+  t.equal(evaluateTarget(row({ 'haproxy-1': { value: 8 }, 'nginx-1': { value: 10 }, 'linkgate-1': { value: 10 } }, target)), 'met')
 })
 
 t.test('a "≤ HAProxy" latency target is met at or below HAProxy\'s figure', async (t) => {
   const target = { kind: 'ratio', against: 'haproxy', max: 1, text: '' } as const
-  t.equal(evaluateTarget(row({ haproxy: { value: 2 }, linkgate: { value: 2 } }, target, 'lower')), 'met')
-  t.equal(evaluateTarget(row({ haproxy: { value: 2 }, linkgate: { value: 2.1 } }, target, 'lower')), 'missed')
+  t.equal(evaluateTarget(row({ 'haproxy-1': { value: 2 }, 'linkgate-1': { value: 2 } }, target, 'lower')), 'met')
+  t.equal(evaluateTarget(row({ 'haproxy-1': { value: 2 }, 'linkgate-1': { value: 2.1 } }, target, 'lower')), 'missed')
+})
+
+t.test('targets are judged at equal threads: linkgate ×2 against HAProxy ×2, ×1 against ×1', async (t) => {
+  const r = row({ 'haproxy-1': { value: 10 }, 'haproxy-2': { value: 20 }, 'linkgate-1': { value: 11 }, 'linkgate-2': { value: 15 } },
+    { kind: 'ratio', against: 'haproxy', min: 1, text: '' })
+  t.equal(evaluateTarget(r, 'linkgate-1'), 'met')
+  t.equal(evaluateTarget(r, 'linkgate-2'), 'missed')
+  t.equal(verdictText(r), '×1 met, ×2 missed')
+})
+
+t.test('the peers run at one and at two threads: HAProxy nbthread, nginx worker_processes', async (t) => {
+  t.match(haproxyConfig({ threads: 2, address: '127.50.2.2' }), /^\s+nbthread 2$/m)
+  t.match(haproxyConfig({ threads: 2, address: '127.50.2.2' }), 'bind 127.50.2.2:8080')
+  t.match(haproxyConfig(), /^\s+nbthread 1$/m)
+  t.match(nginxProxyConfig('/tmp/x', { workers: 2, address: '127.50.3.2' }), /^worker_processes 2;$/m)
+  t.match(nginxProxyConfig('/tmp/x', { workers: 2, address: '127.50.3.2' }), 'listen 127.50.3.2:5353 udp;')
+  t.match(nginxProxyConfig('/tmp/x'), /^worker_processes 1;$/m)
 })
 
 t.test('a target is n/a when linkgate has no figure', async (t) => {
   const target = { kind: 'absolute', max: 4, text: '' } as const
-  t.equal(evaluateTarget(row({ haproxy: { value: 3 }, linkgate: { note: 'not available: x' } }, target)), 'n/a')
-  t.equal(evaluateTarget(row({ linkgate: { value: 4.5 } }, target)), 'missed')
+  t.equal(evaluateTarget(row({ 'haproxy-1': { value: 3 }, 'linkgate-1': { note: 'not available: x' } }, target)), 'n/a')
+  t.equal(evaluateTarget(row({ 'linkgate-1': { value: 4.5 } }, target)), 'missed')
 })
 
 const sampleRun: RunResults = {
@@ -224,18 +242,18 @@ const sampleRun: RunResults = {
   durationSeconds: 200,
   machine: { cpus: 2, memoryGiB: 24, kernel: 'k', node: 'v24.0.0', loadAverage: { start: 0.1, end: 0.2 } },
   versions: { HAProxy: '2.6' },
-  peersUnavailable: { linkgate: 'dist/main.js not found' },
+  peersUnavailable: { 'linkgate-1': 'dist/main.js not found' },
   rows: [
     { caseId: 2, caseName: 'HTTP keep-alive', metric: 'request rate', unit: 'req/s', better: 'higher', reference: 'haproxy',
-      cells: { direct: { value: 50000 }, haproxy: { value: 25000 }, nginx: { value: 30000 }, linkgate: { note: 'not available: dist/main.js not found' } },
+      cells: { direct: { value: 50000 }, 'haproxy-1': { value: 25000 }, 'nginx-1': { value: 30000 }, 'linkgate-1': { note: 'not available: dist/main.js not found' } },
       target: { kind: 'ratio', against: 'haproxy', min: 1, text: '≥ 1.0× HAProxy' } }
   ]
 }
 
 t.test('the Markdown report gives each figure and its ratios to the reference and to direct', async (t) => {
   const md = toMarkdown(sampleRun)
-  t.match(md, '**linkgate not available**: dist/main.js not found')
-  t.match(md, '| 2. HTTP keep-alive | request rate (req/s) | 50,000 | 25,000 | 30,000 | n/a | ≥ 1.0× HAProxy | n/a |')
+  t.match(md, '**linkgate ×1 not available**: dist/main.js not found')
+  t.match(md, '| 2. HTTP keep-alive | request rate (req/s) | 50,000 | 25,000 | 30,000 | n/a | ≥ 1.0× HAProxy | ×1 n/a |')
   t.match(md, '| 2 | request rate | HAProxy | 1.00× | 1.20× | — | 0.50× | 0.60× | — |')
 })
 
@@ -244,7 +262,7 @@ t.test('the SVG chart is one well-formed svg element with a bar per figure', asy
   t.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
   t.match(svg, /<\/svg>\n$/)
   t.equal([...svg.matchAll(/<rect x="300"/g)].length, 3, 'direct, HAProxy and nginx bars')
-  t.match(svg, 'linkgate: not available')
+  t.match(svg, 'linkgate ×1: not available')
 })
 
 t.test('cpuTime counts the user time of a child that burns CPU', { skip: process.platform === 'linux' ? false : 'reads /proc' }, async (t) => {
@@ -273,7 +291,7 @@ t.test('cpuTime of a process that is gone is zero', async (t) => {
 t.test('CPU-per-operation rows get a ratio to the reference and stay off the chart', async (t) => {
   const cpuRow: Row = {
     caseId: 2, caseName: 'HTTP keep-alive', metric: 'proxy CPU per request, user', unit: 'µs', better: 'lower', reference: 'haproxy',
-    cells: { direct: { note: 'n/a: no proxy process' }, haproxy: { value: 10 }, nginx: { value: 12 }, linkgate: { value: 25 } }
+    cells: { direct: { note: 'n/a: no proxy process' }, 'haproxy-1': { value: 10 }, 'nginx-1': { value: 12 }, 'linkgate-1': { value: 25 } }
   }
   const run = { ...sampleRun, peersUnavailable: {}, rows: [...sampleRun.rows, cpuRow] }
   const md = toMarkdown(run)
