@@ -10,6 +10,7 @@
 // its address is removed. An address lives leaseTtl - 1 s (as test/fixtures/cluster-node.ts:
 // the refresh runs a beat after the keepalive, and a killed owner's address must be gone before
 // the next owner's take-over grace ends) and is refreshed at every lease renewal.
+import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import type { Etcd3 } from 'etcd3'
 import type { Logger } from 'pino'
@@ -38,6 +39,16 @@ export function acceptedIps (state: State): Set<string> {
   return ips
 }
 
+/** Whether this process may change addresses (CAP_NET_ADMIN, bit 12 of CapEff in /proc/self/status). */
+function hasNetAdmin (): boolean {
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))
+    return m !== null && (BigInt(`0x${m[1] as string}`) & (1n << 12n)) !== 0n
+  } catch {
+    return true // not Linux's procfs: let `ip` say what is wrong
+  }
+}
+
 const byAddress = (ips: Iterable<string>): string[] => [...ips].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
 
 /** A node without a `cluster` section: itself alone, owning every accepted endpoint IP. */
@@ -60,6 +71,8 @@ export class ClusterNode {
   #served: ReadonlySet<string> = new Set()
   /** Presence checks of added addresses run one at a time. */
   #checking: Promise<void> = Promise.resolve()
+  /** Owned IPs whose address was not usable at the last check (logged when it changes). */
+  #missing = 0
   #onServed: ((changed: readonly string[]) => void) | undefined
   #releasing: Promise<void> | undefined
   #closing: Promise<void> | undefined
@@ -87,6 +100,8 @@ export class ClusterNode {
     try {
       if (config.interface !== undefined) {
         const iface = config.interface
+        // An owner that cannot add its addresses would hold IPs nobody answers: refuse to start.
+        if (!hasNetAdmin()) throw new Error(`cluster.interface ${JSON.stringify(iface)}: adding addresses needs CAP_NET_ADMIN (run as root or grant the capability), or leave cluster.interface out`)
         actuator = new AddressActuator({
           iface,
           lifetimeSeconds: Math.max(1, config.leaseTtlSeconds - 1),
@@ -180,7 +195,10 @@ export class ClusterNode {
       // #owned as it is now (it may have shrunk while the list ran).
       const served = [...this.#owned].filter((ip) => present.has(ip))
       const missing = this.#owned.size - served.length
-      if (missing > 0) this.#logger.warn({ missing }, 'owned endpoint IPs not on the interface yet: not served until they are (retried at the next lease renewal)')
+      if (missing > 0 && missing !== this.#missing) {
+        this.#logger.info({ missing }, 'owned endpoint IPs not usable on the interface yet (IPv6 DAD, or the add failed): served once they are, checked at each lease renewal')
+      }
+      this.#missing = missing
       this.#setServed(served)
     })
     return this.#checking

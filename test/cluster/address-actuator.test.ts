@@ -78,6 +78,39 @@ t.test('address actuator', async (t) => {
     t.same(addrs(A).filter((a) => a.local.startsWith('198.18.21.')), [])
   })
 
+  // IPv6 (RFC 5180's benchmark range 2001:2::/48, inside these two namespaces only): DAD stays
+  // on, the address is not usable while tentative, and with ndisc_notify=1 Linux sends the
+  // unsolicited NA (override) once DAD completes: the neighbour's stale entry moves to our MAC.
+  t.test('IPv6: usable only after DAD; ndisc_notify announces it', async (t) => {
+    const v6 = new AddressActuator({ iface: 'eth0', lifetimeSeconds: 5, subnets: ['2001:2:0:21::/64'], netns: A, onWarning: (e) => warnings.push(e.message) })
+    t.teardown(() => v6.close())
+    t.ok(v6.hasIpv6, 'an IPv6 endpoint subnet asks for ndisc_notify')
+    await v6.enableNdiscNotify()
+    t.equal(execFileSync('ip', ['netns', 'exec', A, 'sysctl', '-n', 'net.ipv6.conf.eth0.ndisc_notify'], { encoding: 'utf8' }).trim(), '1')
+    const mac = (JSON.parse(ip('-n', A, '-j', 'link', 'show', 'eth0')) as Array<{ address: string }>)[0]!.address
+    ip('-n', B, '-6', 'route', 'add', '2001:2:0:21::/64', 'dev', 'eth0')
+    ip('-n', B, '-6', 'neigh', 'replace', '2001:2:0:21::5', 'lladdr', '02:00:5e:00:53:02', 'dev', 'eth0', 'nud', 'stale')
+    const v6s = async (usable: boolean): Promise<string[]> => (await v6.listInterface({ usable })).filter((a) => a.includes(':'))
+    const addedAt = Date.now()
+    await v6.set(new Set(['2001:2:0:21::5']))
+    t.same(await v6s(false), ['2001:2:0:21::5'], 'the /128 is on the interface')
+    t.same(await v6s(true), [], 'not usable while DAD runs (tentative)')
+    let usableAfter = -1
+    for (let i = 0; i < 50 && usableAfter < 0; i++) {
+      await sleep(100)
+      if ((await v6s(true)).length === 1) usableAfter = Date.now() - addedAt
+    }
+    t.ok(usableAfter >= 0, `usable after DAD (${usableAfter} ms)`)
+    let lladdr = ''
+    for (let i = 0; i < 30 && lladdr !== mac; i++) {
+      lladdr = (JSON.parse(ip('-n', B, '-j', '-6', 'neigh', 'show', '2001:2:0:21::5')) as Array<{ lladdr?: string }>)[0]?.lladdr ?? ''
+      if (lladdr !== mac) await sleep(100)
+    }
+    t.equal(lladdr, mac, 'the unsolicited NA moved the neighbour\'s entry to our MAC')
+    await v6.refresh()
+    t.same(await v6s(true), ['2001:2:0:21::5'], 'a refresh (addr replace) does not restart DAD')
+  })
+
   t.test('bad input is refused with the field named', async (t) => {
     t.throws(() => new AddressActuator({ iface: 'eth0; rm', lifetimeSeconds: 3, subnets: [] }), /cluster\.interface/)
     t.throws(() => new AddressActuator({ iface: 'eth0', lifetimeSeconds: 3, subnets: ['198.18.21.0/33'] }), /subnets\[0\]/)

@@ -6,7 +6,7 @@
 // kill -9 of an owner -> its IPs answer again from another node within 2 x TTL + 1 s, never on
 // two nodes at once, and every acknowledged change is still there; SIGTERM of an owner -> its
 // IPs move at once (released before the drain). Needs root; under CI=true a missing tool or
-// privilege fails. Runs dist/main.js: build first (npm test does).
+// privilege fails. Runs dist/main.js: build first (npm test does). n1 runs two data-plane workers.
 import t from 'tap'
 import { labApi, addressHolders, createLabEndpoint, curlFromClient, startLabBackend, startLabNode, stopLabNode,
   CONSUMER_TOKEN, PROVIDER_TOKEN, type LabNode } from '../helpers/lab-nodes.ts'
@@ -54,7 +54,8 @@ t.test('real linkgate nodes in the lab: addresses on eth0, traffic through the o
   await lab.startEtcd()
   await startLabBackend(lab)
   const nodes = new Map<string, LabNode>()
-  for (const node of await Promise.all(lab.nodes.map((h) => startLabNode(lab, h, { prefix: PREFIX, leaseTtlSeconds: TTL, logLevel: 'warn' })))) {
+  // n1 runs two data-plane workers (the served-IP snapshot and messages reach both), the others one.
+  for (const node of await Promise.all(lab.nodes.map((h, i) => startLabNode(lab, h, { prefix: PREFIX, leaseTtlSeconds: TTL, logLevel: 'warn', workers: i === 0 ? 2 : 1 })))) {
     nodes.set(node.name, node)
   }
   t.teardown(async () => { for (const n of nodes.values()) await stopLabNode(n, 'SIGKILL') })
