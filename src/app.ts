@@ -213,8 +213,10 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           demo?.close()
         ])
         // SPEC §12: the listeners stop accepting above; the endpoint IPs are released now, not
-        // after the drain, so other nodes take them over at once (live connections keep their
-        // sockets here until they end or the grace runs out).
+        // after the drain, so other nodes take them over at once. The price: once an IP's address
+        // is gone, its live connections here receive nothing more and the new owner resets them
+        // (README "Cluster", what a failover loses); the drain still serves connections on IPs
+        // whose address stays (none, in cluster mode with an interface).
         await cluster?.release()
         await draining
         // Last: the rooms above may still record a change (a bind failure) while they close.
