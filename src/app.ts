@@ -107,7 +107,6 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       } catch (err) {
         throw new ConfigError(options.configFile ?? '<config>', [(err as Error).message])
       }
-      const budget = new ConnectionBudget(maxConnections)
       // SPEC §12: with a cluster section the state is etcd's, shared by every node.
       if (config.cluster !== undefined) {
         cluster = await ClusterNode.start(config.cluster, logger, config.subnets.map((s) => s.cidr))
@@ -180,7 +179,8 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
           upstream,
           accessLog,
           udpFactory: createUdpListener,
-          budget,
+          // In-process only: workers share theirs (shared-counters.ts).
+          budget: new ConnectionBudget(maxConnections),
           ...(node === undefined ? {} : { serves: (ip: string) => node.owns(ip) }),
           onEndpointFailed,
           onEndpointRecovered

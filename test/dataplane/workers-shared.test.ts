@@ -182,11 +182,10 @@ t.test('a health verdict and a backend removal reach every worker within a secon
   await waitFor(() => s.app.upstream.backendHealth(SVC, 'be-0000810b') === 'healthy', 3000, 'B healthy')
 
   const lastB = (seen: Array<{ at: number, id: string }>): number => Math.max(-Infinity, ...seen.filter((x) => x.id === 'B').map((x) => x.at))
-  const workersAfter = async (from: number, to: number): Promise<Set<number | undefined>> => {
+  const workersAfter = async (from: number): Promise<Set<number | undefined>> => {
     await sleep(300)
     const lines = await accessLines(s)
-    return new Set(lines.filter((l) => (l as unknown as { time: string }).time >= new Date(from).toISOString() &&
-      (l as unknown as { time: string }).time <= new Date(to).toISOString()).map((l) => l.worker))
+    return new Set(lines.filter((l) => (l as unknown as { time: string }).time > new Date(from).toISOString()).map((l) => l.worker))
   }
 
   // 1. The verdict: B's health-check port closes; the main thread decides; both workers stop.
@@ -206,7 +205,7 @@ t.test('a health verdict and a backend removal reach every worker within a secon
   const lagVerdict = lastB(seen) - verdictAt
   t.comment(`verdict: last connection B got started ${lagVerdict} ms after the verdict (negative: before); ${seen.filter((x) => x.at > verdictAt).length} connections after it`)
   t.ok(lagVerdict <= 1000, `no worker sends B traffic more than 1 s after the verdict (${lagVerdict} ms)`)
-  t.same([...await workersAfter(verdictAt + 1000, verdictAt + 1500)].sort(), [0, 1], 'both workers served (A only) after the verdict')
+  t.same([...await workersAfter(verdictAt)].sort(), [0, 1], 'both workers served (A only) after the verdict')
   t.notOk(seen.some((x) => x.id === 'error'), 'no connection failed')
 
   // 2. The backend set: B healthy again, then removed through the API.
@@ -225,6 +224,6 @@ t.test('a health verdict and a backend removal reach every worker within a secon
   const lagRemoval = lastB(seen2) - removedAt
   t.comment(`removal: last connection B got started ${lagRemoval} ms after the API answered (request took ${removedAt - sentAt} ms); ${seen2.filter((x) => x.at > removedAt).length} connections after it`)
   t.ok(lagRemoval <= 1000, `no worker sends B traffic more than 1 s after the removal (${lagRemoval} ms)`)
-  t.same([...await workersAfter(removedAt + 1000, removedAt + 1500)].sort(), [0, 1], 'both workers served (A only) after the removal')
+  t.same([...await workersAfter(removedAt)].sort(), [0, 1], 'both workers served (A only) after the removal')
   t.notOk(seen2.some((x) => x.id === 'error'), 'no connection failed')
 })

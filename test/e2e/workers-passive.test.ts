@@ -81,7 +81,7 @@ t.test('passive failures seen by both workers make one verdict at the threshold'
     // a failed connect fails over to the good one, so every client gets 'A'.
     for (let c = 0; c < 40 && failures(i).length < PASSIVE_FAILURE_THRESHOLD; c++) {
       t.equal(await once(ip), 'A', `trial ${i}: connection ${c} served (failed over where needed)`)
-      await sleep(100) // the worker's failure line and its report to the main thread land
+      await sleep(250) // the worker's failure line and its report to the main thread land
     }
     const seen = failures(i)
     t.equal(seen.length, PASSIVE_FAILURE_THRESHOLD, `trial ${i}: ${PASSIVE_FAILURE_THRESHOLD} failed connects`)
