@@ -140,17 +140,18 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         await control.applyDeclared(resources.services, resources.endpoints)
       }
       const ctl = control
-      const onEndpointFailed = (id: string, reason: string): void => {
+      const onEndpointFailed = (id: string, reason: string): boolean => {
         // Cluster mode: an address missing from this node's interface (expired, removed by hand)
         // is this node's trouble, not the endpoint's: the data plane retries the bind, and the
         // endpoint is not marked failed for every node in etcd.
         if (node !== undefined && reason.includes('EADDRNOTAVAIL')) {
           logger.warn({ endpointId: id, reason }, 'cluster: endpoint address not on this node yet; retrying the bind')
-          return
+          return false
         }
         ctl.markEndpointFailed(id, reason).catch((err: unknown) => {
           logger.error({ err, endpointId: id }, 'could not record endpoint failure')
         })
+        return true
       }
       const onEndpointRecovered = (id: string): void => {
         ctl.markEndpointRecovered(id).catch((err: unknown) => {

@@ -35,7 +35,8 @@ export interface WorkerPoolOptions {
   readonly metrics: Metrics
   readonly logger: Logger
   readonly maxConnections: number
-  readonly onEndpointFailed: (endpointId: string, reason: string) => void
+  /** Returns false when the failure was not recorded (cluster mode: an address not on this node yet). */
+  readonly onEndpointFailed: (endpointId: string, reason: string) => boolean
   readonly onEndpointRecovered: (endpointId: string) => void
   /** Cluster mode: the endpoint IPs this node serves now (call `servedChanged` when it changes); default every IP. */
   readonly served?: () => ReadonlySet<string>
@@ -246,7 +247,8 @@ export class WorkerPool {
         if (set === undefined) this.#bindFailures.set(m.endpointId, set = new Set())
         const first = set.size === 0
         set.add(slot.index)
-        if (first) this.#opts.onEndpointFailed(m.endpointId, `${m.reason} (worker ${slot.index})`)
+        // A failure the app did not record is not tracked either, so that a later real one is reported.
+        if (first && !this.#opts.onEndpointFailed(m.endpointId, `${m.reason} (worker ${slot.index})`)) this.#bindFailures.delete(m.endpointId)
         break
       }
       case 'endpointRecovered': {
