@@ -67,7 +67,8 @@ t.test('three linkgate nodes on one etcd', async (t) => {
   if (!requireTools(t, ['etcd'])) return
   const etcd = await startEtcdMember(t, '127.78.0.1')
   const backendPort = await freePort('127.78.0.2')
-  const backend = createServer((socket) => { socket.end('hello from backend\n') })
+  // A probe cut by a node while the answer is in flight resets this side: not the test's failure.
+  const backend = createServer((socket) => { socket.on('error', () => {}); socket.end('hello from backend\n') })
   await new Promise<void>((resolve) => backend.listen(backendPort, '127.78.0.2', resolve))
   t.teardown(() => new Promise<void>((resolve) => backend.close(() => resolve())))
 
@@ -136,8 +137,13 @@ t.test('three linkgate nodes on one etcd', async (t) => {
   // A delete on one node stops the listener of the owner, wherever it is.
   t.equal((await api(n1, 'DELETE', `/v1/endpoints/${ep.body.id as string}`, CONSUMER)).status, 204)
   await until('nobody listens on the IP any more', async () => ((await ask(ip, TERMINAL_PORT)) === undefined ? true : undefined), 2000)
-  const after = await api(n2, 'GET', '/v1/cluster', PROVIDER)
-  t.same(after.body.items.flatMap((i: { ownedIps: string[] }) => i.ownedIps), [], 'the IP is released')
+  // The owner stops listening on the delete event, then releases its owner key in etcd, which
+  // reaches n2 through its watch: the listing empties a moment after the listener closed.
+  const { ms: releasedAfter } = await until('the IP is released', async () => {
+    const res = await api(n2, 'GET', '/v1/cluster', PROVIDER)
+    return res.body.items.flatMap((i: { ownedIps: string[] }) => i.ownedIps).length === 0 ? true : undefined
+  }, 2000)
+  t.comment(`owner key released ${releasedAfter} ms after the listener closed`)
 })
 
 t.test('a single node without a cluster section lists itself with its accepted endpoint IPs', async (t) => {

@@ -184,8 +184,7 @@ t.test('a worker that dies is replaced; the other worker\'s connections carry on
   const ended = new Set<Socket>()
   for (const c of live) c.on('close', () => { ended.add(c) })
   // The replacement is a pre-warmed spare (modules loaded, nothing bound), started after the pool.
-  await waitFor(() => pool.hasSpare, 5000, 'a spare waits')
-  await sleep(1500) // and has loaded its modules
+  await waitFor(() => pool.hasSpare, 10_000, 'a spare waits, its modules loaded')
   const killedAt = Date.now()
   await pool.kill(0)
   // SPEC §11: restarted within 1 s. A cold thread took 0.26–0.9 s on this loaded 2-core machine

@@ -43,6 +43,8 @@ export type ToWorker =
 /** Worker -> main. */
 export type FromWorker =
   | { readonly type: 'ready', readonly dns: { readonly udp: AddressLike, readonly tcp: AddressLike } }
+  /** A spare has loaded its modules and waits for `activate`. */
+  | { readonly type: 'spareLoaded' }
   | { readonly type: 'fatal', readonly message: string }
   | { readonly type: 'passive', readonly serviceId: string, readonly backendId: string, readonly ok: boolean, readonly reason: string }
   | { readonly type: 'endpointFailed', readonly endpointId: string, readonly reason: string }

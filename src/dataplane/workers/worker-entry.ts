@@ -182,6 +182,7 @@ if ((workerData as Partial<SpareData>).spare === true) {
     if (m.type === 'activate') run(m.data)
     else process.exit(1)
   })
+  parent.postMessage({ type: 'spareLoaded' } satisfies FromWorker)
 } else {
   run(workerData as WorkerData)
 }

@@ -73,6 +73,7 @@ export class WorkerPool {
   #restarts = 0
   /** A thread with the worker's modules loaded, waiting to replace a dead worker (or null). */
   #spare: Worker | null = null
+  #spareLoaded = false
   readonly #useSpare: boolean
 
   constructor (opts: WorkerPoolOptions) {
@@ -114,13 +115,15 @@ export class WorkerPool {
     return dns
   }
 
-  /** Whether a spare is waiting now. */
-  get hasSpare (): boolean { return this.#spare !== null }
+  /** Whether a spare is waiting now, its modules loaded. */
+  get hasSpare (): boolean { return this.#spare !== null && this.#spareLoaded }
 
   #startSpare (): void {
     if (!this.#useSpare || this.#closing || this.#spare !== null) return
     const spare = new Worker(ENTRY, { workerData: { spare: true } satisfies SpareData, name: 'linkgate-dataplane-spare' })
     this.#spare = spare
+    this.#spareLoaded = false
+    spare.on('message', (m: FromWorker) => { if (m.type === 'spareLoaded' && this.#spare === spare) this.#spareLoaded = true })
     // A spare that fails to load is not replaced: restarts then start a thread from scratch.
     const gone = (err?: unknown): void => {
       if (this.#spare !== spare) return
