@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { buildApiServer } from './api/server.ts'
 import { ClusterNode, registerClusterMetrics, singleNodeItems } from './cluster/cluster-node.ts'
+import { prepareStateDir, stateDirFailure } from './config/state-dir.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
 import { lockStateDir, type StateLock } from './control/state-lock.ts'
@@ -97,6 +98,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get workers () { return workers },
 
     async start () {
+      // stateDir must be a directory we may write into, else the start stops naming it (README
+      // "Limits and failure behaviour"); in cluster mode it holds nothing shared but the lock.
+      await prepareStateDir(config.stateDir)
       // Before anything opens or writes the state: a second instance stops here (SPEC §10).
       lock = await lockStateDir(config.stateDir)
       // SPEC §10: the budget follows the open-file limit; a value it cannot carry stops the start
@@ -116,7 +120,7 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         store = await SqliteStore.open(config.stateDir, {
           onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
           onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
-        })
+        }).catch((err: unknown) => { throw stateDirFailure(config.stateDir, err) })
       }
       const node = cluster
       const endpointStatuses = metrics.endpoints
