@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import { availableParallelism, hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
+import { StoreReadiness } from './api/readiness.ts'
 import { buildApiServer } from './api/server.ts'
 import { ClusterNode, registerClusterMetrics, singleNodeItems } from './cluster/cluster-node.ts'
 import { prepareStateDir, stateDirFailure } from './config/state-dir.ts'
@@ -113,14 +114,20 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
       }
       const budget = new ConnectionBudget(maxConnections)
       // SPEC §12: with a cluster section the state is etcd's, shared by every node.
+      // /healthz reports a store that cannot write (src/api/readiness.ts); stateDir is probed
+      // only where it holds the state.
+      const readiness = new StoreReadiness(config.cluster === undefined ? { dir: config.stateDir } : {})
       if (config.cluster !== undefined) {
         cluster = await ClusterNode.start(config.cluster, logger)
-        store = cluster.store
+        store = readiness.watch(cluster.store)
       } else {
-        store = await SqliteStore.open(config.stateDir, {
+        store = readiness.watch(await SqliteStore.open(config.stateDir, {
           onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
-          onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
-        }).catch((err: unknown) => { throw stateDirFailure(config.stateDir, err) })
+          onWriterFailed: (err) => {
+            readiness.writerFailed(err)
+            logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts')
+          }
+        }).catch((err: unknown) => { throw stateDirFailure(config.stateDir, err) }))
       }
       const node = cluster
       const endpointStatuses = metrics.endpoints
@@ -188,7 +195,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         dns = new DnsServer({ config, store, metrics, logger })
         dnsAddresses = await dns.start()
       }
-      api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems })
+      api = buildApiServer({
+        control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems, readiness: () => readiness.problem()
+      })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo

@@ -137,7 +137,15 @@ interface Doc {
 
 /** Every route of SPEC §4 and §10–§14, keyed `METHOD url` as fastify registers it. */
 const docs: Record<string, Doc> = {
-  'GET /healthz': { summary: 'Liveness: {"status":"ok"}', tags: ['operations'], public: true, ok: { 200: Type.Object({ status: Type.Literal('ok') }) } },
+  'GET /healthz': {
+    summary: 'Readiness: 200 {"status":"ok"}, or 503 {"status":"degraded","reason"} while the state store cannot take changes',
+    tags: ['operations'],
+    public: true,
+    ok: {
+      200: Type.Object({ status: Type.Literal('ok') }),
+      503: Type.Object({ status: Type.Literal('degraded'), reason: Type.String() }, { description: 'the store cannot write; the data plane still forwards' })
+    }
+  },
   'GET /metrics': { summary: 'Prometheus metrics (text format, SPEC §7)', tags: ['operations'], public: true, ok: { 200: MetricsText } },
   [`GET ${DOCS_PATH}`]: { summary: 'This document as a page for people (no asset from elsewhere)', tags: ['operations'], public: true, ok: { 200: HtmlPage } },
   [`GET ${OPENAPI_PATH}`]: { summary: 'This OpenAPI 3.1 document', tags: ['operations'], public: true, ok: { 200: Type.Object({}, { additionalProperties: true }) } },

@@ -34,6 +34,8 @@ export interface ApiOptions {
   readonly maxConnections?: number
   /** The live nodes for `GET /v1/cluster` (SPEC §12); default: none listed. */
   readonly cluster?: () => ClusterNodeItem[]
+  /** Why the state store cannot take changes (src/api/readiness.ts): /healthz answers 503 with it. */
+  readonly readiness?: () => Promise<string | undefined>
 }
 
 /** JSON merge patch (RFC 7396 §4): accepted on PATCH routes besides application/json. */
@@ -162,7 +164,9 @@ function clientErrorHandler (err: Error & { code?: string }, socket: Socket): vo
   socket.destroy()
 }
 
-export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [] }: ApiOptions): FastifyInstance {
+export function buildApiServer ({
+  control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [], readiness = async () => undefined
+}: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
@@ -257,7 +261,13 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   }
   const p = (request: FastifyRequest): Params => request.params as Params
 
-  app.get('/healthz', async () => ({ status: 'ok' }))
+  // 200 {"status":"ok"}; 503 {"status":"degraded","reason"} while the store cannot take changes
+  // (the data plane still forwards): a readiness check for whatever routes to this API.
+  app.get('/healthz', async (_request, reply) => {
+    const problem = await readiness()
+    if (problem === undefined) return { status: 'ok' }
+    return reply.code(503).header('cache-control', 'no-store').send({ status: 'degraded', reason: problem })
+  })
   app.get('/metrics', async (_request, reply) => {
     const text = await metrics.exposition()
     return reply.type(metrics.registry.contentType).send(text)
