@@ -67,7 +67,7 @@ t.test('null items in a list are a clear error, for every table', async (t) => {
   const bare = await serve(t, (_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":"vpcesvc-000000000001"}') })
   const one = await cli(['get', 'service', 'vpcesvc-000000000001', '--api', bare, '--token', 'tok-1'])
   t.equal(one.code, 1)
-  t.match(one.stderr, /^linkgate: .*not the shape of a linkgate/)
+  t.match(one.stderr, /^linkgate: the answer does not have the shape of a linkgate resource/)
   t.notMatch(one.stderr, /TypeError|Cannot read/)
 })
 
