@@ -5,8 +5,10 @@ import type { AddressInfo } from 'node:net'
 import { availableParallelism, hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
+import { StoreReadiness } from './api/readiness.ts'
 import { buildApiServer } from './api/server.ts'
 import { ClusterNode, registerClusterMetrics, singleNodeItems } from './cluster/cluster-node.ts'
+import { prepareStateDir, stateDirFailure } from './config/state-dir.ts'
 import { ControlPlane } from './control/control-plane.ts'
 import type { Config } from './control/schemas.ts'
 import { lockStateDir, type StateLock } from './control/state-lock.ts'
@@ -97,6 +99,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
     get workers () { return workers },
 
     async start () {
+      // stateDir must be a directory we may write into, else the start stops naming it (README
+      // "Limits and failure behaviour"); in cluster mode it holds nothing shared but the lock.
+      await prepareStateDir(config.stateDir)
       // Before anything opens or writes the state: a second instance stops here (SPEC §10).
       lock = await lockStateDir(config.stateDir)
       // SPEC §10: the budget follows the open-file limit; a value it cannot carry stops the start
@@ -108,14 +113,20 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         throw new ConfigError(options.configFile ?? '<config>', [(err as Error).message])
       }
       // SPEC §12: with a cluster section the state is etcd's, shared by every node.
+      // /healthz reports a store that cannot write (src/api/readiness.ts); stateDir is probed
+      // only where it holds the state.
+      const readiness = new StoreReadiness(config.cluster === undefined ? { dir: config.stateDir } : {})
       if (config.cluster !== undefined) {
         cluster = await ClusterNode.start(config.cluster, logger, config.subnets.map((s) => s.cidr))
-        store = cluster.store
+        store = readiness.watch(cluster.store)
       } else {
-        store = await SqliteStore.open(config.stateDir, {
+        store = readiness.watch(await SqliteStore.open(config.stateDir, {
           onListenerError: (err) => { logger.error({ err }, 'a consumer of store changes failed') },
-          onWriterFailed: (err) => { logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts') }
-        })
+          onWriterFailed: (err) => {
+            readiness.writerFailed(err)
+            logger.fatal({ err }, 'state store writer failed: changes are refused until linkgate restarts')
+          }
+        }).catch((err: unknown) => { throw stateDirFailure(config.stateDir, err) }))
       }
       const node = cluster
       const endpointStatuses = metrics.endpoints
@@ -194,7 +205,9 @@ export function buildApp (config: Config, options: AppOptions = {}): App {
         dns = new DnsServer({ config, store, metrics, logger })
         dnsAddresses = await dns.start()
       }
-      api = buildApiServer({ control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems })
+      api = buildApiServer({
+        control, metrics, logger, maxConnections: config.limits.apiMaxConnections, cluster: clusterItems, readiness: () => readiness.problem()
+      })
       const listen = parseHostPort(config.listen.api) as { host: string, port: number }
       await api.listen({ host: listen.host, port: listen.port })
       const apiAddress = api.server.address() as AddressInfo

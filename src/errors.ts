@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'Conflict'
   | 'QuotaExceeded'
   | 'PayloadTooLarge'
+  | 'UnsupportedMediaType'
   | 'RequestTimeout'
   | 'InternalError'
   | 'InvalidConfig'
@@ -37,6 +38,8 @@ export const conflict = (message: string): LinkgateError => new LinkgateError('C
 export const quotaExceeded = (message: string): LinkgateError => new LinkgateError('QuotaExceeded', 409, message)
 export const payloadTooLarge = (message = 'body: larger than 1 MiB'): LinkgateError =>
   new LinkgateError('PayloadTooLarge', 413, message)
+export const unsupportedMediaType = (message: string): LinkgateError =>
+  new LinkgateError('UnsupportedMediaType', 415, message)
 export const requestTimeout = (message = 'request: headers not complete within 10 s or the whole request within 30 s'): LinkgateError =>
   new LinkgateError('RequestTimeout', 408, message)
 export const internalError = (message = 'internal error'): LinkgateError =>

@@ -24,7 +24,7 @@ const StringEnum = (values: readonly string[], description?: string): TSchema =>
 const ErrorBody = Type.Object({
   error: Type.Object({
     code: StringEnum(['InvalidParameter', 'Unauthorized', 'Forbidden', 'NotFound', 'Conflict', 'QuotaExceeded',
-      'PayloadTooLarge', 'InternalError'], 'stable error code (src/errors.ts)'),
+      'PayloadTooLarge', 'UnsupportedMediaType', 'RequestTimeout', 'InternalError'], 'stable error code (src/errors.ts)'),
     message: Type.String({ description: 'what is wrong, led by the field it concerns' })
   })
 }, { description: 'An error' })
@@ -107,7 +107,8 @@ const ConnectionParams = Type.Object({ id: Type.String({ description: 'service i
 const Refused = Type.Unsafe({
   ...ErrorBody,
   description: 'InvalidParameter 400 (bad JSON, unknown field, out-of-range value), Unauthorized 401, ' +
-    "Forbidden 403 (not in the service's allowedAccounts), NotFound 404, Conflict or QuotaExceeded 409, PayloadTooLarge 413"
+    "Forbidden 403 (not in the service's allowedAccounts), NotFound 404, Conflict or QuotaExceeded 409, PayloadTooLarge 413, " +
+    'UnsupportedMediaType 415 (a body that is not application/json; PATCH also takes application/merge-patch+json)'
 })
 const HtmlPage = Type.Unsafe({ description: 'HTML', content: { 'text/html': { schema: { type: 'string' } } } })
 const MetricsText = Type.Unsafe({
@@ -136,7 +137,15 @@ interface Doc {
 
 /** Every route of SPEC §4 and §10–§14, keyed `METHOD url` as fastify registers it. */
 const docs: Record<string, Doc> = {
-  'GET /healthz': { summary: 'Liveness: {"status":"ok"}', tags: ['operations'], public: true, ok: { 200: Type.Object({ status: Type.Literal('ok') }) } },
+  'GET /healthz': {
+    summary: 'Readiness: 200 {"status":"ok"}, or 503 {"status":"degraded","reason"} while the state store cannot take changes',
+    tags: ['operations'],
+    public: true,
+    ok: {
+      200: Type.Object({ status: Type.Literal('ok') }),
+      503: Type.Object({ status: Type.Literal('degraded'), reason: Type.String() }, { description: 'the store cannot write; the data plane still forwards' })
+    }
+  },
   'GET /metrics': { summary: 'Prometheus metrics (text format, SPEC §7)', tags: ['operations'], public: true, ok: { 200: MetricsText } },
   [`GET ${DOCS_PATH}`]: { summary: 'This document as a page for people (no asset from elsewhere)', tags: ['operations'], public: true, ok: { 200: HtmlPage } },
   [`GET ${OPENAPI_PATH}`]: { summary: 'This OpenAPI 3.1 document', tags: ['operations'], public: true, ok: { 200: Type.Object({}, { additionalProperties: true }) } },
@@ -194,6 +203,8 @@ export function documentRoutes (app: FastifyInstance): void {
       summary: doc.summary,
       tags: doc.tags,
       ...(doc.public === true ? { security: [] } : {}),
+      // RFC 7396 §4: a PATCH body may say it is a merge patch (src/api/server.ts takes both).
+      ...(method === 'PATCH' && doc.body !== undefined ? { consumes: ['application/json', 'application/merge-patch+json'] } : {}),
       response
     }
     const own = route.schema as FastifySchema | undefined

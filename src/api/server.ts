@@ -8,12 +8,13 @@ import type { Logger } from 'pino'
 import type { ClusterNodeItem } from '../cluster/cluster-node.ts'
 import type { Caller, ControlPlane } from '../control/control-plane.ts'
 import {
-  internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, requestTimeout, unauthorized, type LinkgateError
+  internalError, invalidParameter, isLinkgateError, notFound, payloadTooLarge, requestTimeout, unauthorized, unsupportedMediaType,
+  type LinkgateError
 } from '../errors.ts'
 import type { Metrics } from '../metrics/metrics.ts'
 import { guardConnections } from './connection-guard.ts'
 import { isUnderV1 } from './request-path.ts'
-import { DOCS_CSP, DOCS_HTML, DOCS_PATH } from './docs-page.ts'
+import { DOCS_HEADERS, DOCS_HTML, DOCS_PATH } from './docs-page.ts'
 import { documentRoutes, isPublicRoute, OPENAPI_PATH } from './openapi.ts'
 
 export const BODY_LIMIT = 1024 * 1024
@@ -33,6 +34,73 @@ export interface ApiOptions {
   readonly maxConnections?: number
   /** The live nodes for `GET /v1/cluster` (SPEC §12); default: none listed. */
   readonly cluster?: () => ClusterNodeItem[]
+  /** Why the state store cannot take changes (src/api/readiness.ts): /healthz answers 503 with it. */
+  readonly readiness?: () => Promise<string | undefined>
+}
+
+/** JSON merge patch (RFC 7396 §4): accepted on PATCH routes besides application/json. */
+export const MERGE_PATCH_TYPE = 'application/merge-patch+json'
+
+/** Why a body of this content type is refused (415), or undefined when it is JSON in UTF-8. */
+function mediaTypeRefusal (method: string, header: string | undefined): LinkgateError | undefined {
+  const expected = method === 'PATCH' ? `application/json or ${MERGE_PATCH_TYPE}` : 'application/json'
+  if (header === undefined || header.trim() === '') return unsupportedMediaType(`content-type: missing; send ${expected}`)
+  const [type = '', ...params] = header.split(';')
+  const mediaType = type.trim().toLowerCase()
+  if (mediaType !== 'application/json' && !(method === 'PATCH' && mediaType === MERGE_PATCH_TYPE)) {
+    return unsupportedMediaType(`content-type: ${JSON.stringify(mediaType.slice(0, 100))} is not supported; send ${expected}`)
+  }
+  for (const param of params) {
+    const eq = param.indexOf('=')
+    if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== 'charset') continue
+    const charset = param.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').toLowerCase()
+    // RFC 8259 §8.1: JSON exchanged between systems is UTF-8.
+    if (charset !== 'utf-8' && charset !== 'utf8') {
+      return unsupportedMediaType(`content-type: charset ${JSON.stringify(charset.slice(0, 40))} is not supported; JSON is UTF-8`)
+    }
+  }
+  return undefined
+}
+
+/** A number JSON.parse could only read as ±Infinity (1e400): kept with its text, to be named. */
+class OutOfRange {
+  readonly text: string
+  constructor (text: string) { this.text = text }
+}
+
+/**
+ * JSON.parse, but a number beyond a double's range is a 400 naming its field and its text
+ * (`backends[0].weight: 1e400 is out of range`), instead of an Infinity that validation would
+ * print as `null`.
+ */
+export function parseJsonBody (text: string, root = 'body'): unknown {
+  let found = false
+  const value: unknown = JSON.parse(text, (_key, v: unknown, context?: { source?: string }) => {
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      found = true
+      return new OutOfRange(context?.source ?? String(v))
+    }
+    return v
+  })
+  if (!found) return value
+  const where = findOutOfRange(value, '', root)
+  throw invalidParameter(`${where === undefined || where.path === '' ? root : where.path}: ${where?.text.slice(0, 40) ?? 'a number'} is out of range (not a finite number)`)
+}
+
+function findOutOfRange (value: unknown, path: string, root: string): { path: string, text: string } | undefined {
+  if (value instanceof OutOfRange) return { path, text: value.text }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const hit = findOutOfRange(value[i], `${path === '' ? root : path}[${i}]`, root)
+      if (hit !== undefined) return hit
+    }
+  } else if (value !== null && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      const hit = findOutOfRange(v, path === '' ? k : `${path}.${k}`, root)
+      if (hit !== undefined) return hit
+    }
+  }
+  return undefined
 }
 
 /** A route needs a token when its TEMPLATE is under /v1 — never judged by the URL text (SPEC §10). */
@@ -96,7 +164,9 @@ function clientErrorHandler (err: Error & { code?: string }, socket: Socket): vo
   socket.destroy()
 }
 
-export function buildApiServer ({ control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [] }: ApiOptions): FastifyInstance {
+export function buildApiServer ({
+  control, metrics, logger, maxConnections = DEFAULT_API_MAX_CONNECTIONS, cluster = () => [], readiness = async () => undefined
+}: ApiOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
@@ -126,16 +196,21 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   })
   guardConnections(app.server, maxConnections, metrics)
 
-  // Any content type is read as JSON: `curl -d '{...}'` sends form encoding by default, and a
-  // useful answer beats a 415. An empty body is "no body".
+  // Bodies are JSON (RFC 8259 §11: application/json, UTF-8) or, for PATCH, JSON merge patches
+  // (RFC 7396 §4: application/merge-patch+json). Another type — curl's `-d` alone sends form
+  // encoding — is a 415 naming the type, before a byte is parsed. An empty body is "no body",
+  // whatever its type (`curl -X POST .../accept` sends none).
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', { parseAs: 'string', bodyLimit: BODY_LIMIT }, (_req, body, done) => {
+  app.addContentTypeParser('*', { parseAs: 'string', bodyLimit: BODY_LIMIT }, (req, body, done) => {
     const text = body as string
     if (text.trim() === '') { done(null, undefined); return }
+    const refusal = mediaTypeRefusal(req.method, req.headers['content-type'])
+    if (refusal !== undefined) { done(refusal, undefined); return }
     try {
-      done(null, JSON.parse(text))
+      // The one array body (PUT .../backends) is named as the control plane names it.
+      done(null, parseJsonBody(text, req.method === 'PUT' && req.routeOptions.url?.endsWith('/backends') === true ? 'backends' : 'body'))
     } catch (err) {
-      done(invalidParameter(`body: not valid JSON (${(err as Error).message})`), undefined)
+      done(isLinkgateError(err) ? err : invalidParameter(`body: not valid JSON (${(err as Error).message})`), undefined)
     }
   })
 
@@ -186,7 +261,13 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   }
   const p = (request: FastifyRequest): Params => request.params as Params
 
-  app.get('/healthz', async () => ({ status: 'ok' }))
+  // 200 {"status":"ok"}; 503 {"status":"degraded","reason"} while the store cannot take changes
+  // (the data plane still forwards): a readiness check for whatever routes to this API.
+  app.get('/healthz', async (_request, reply) => {
+    const problem = await readiness()
+    if (problem === undefined) return { status: 'ok' }
+    return reply.code(503).header('cache-control', 'no-store').send({ status: 'degraded', reason: problem })
+  })
   app.get('/metrics', async (_request, reply) => {
     const text = await metrics.exposition()
     return reply.type(metrics.registry.contentType).send(text)
@@ -195,9 +276,10 @@ export function buildApiServer ({ control, metrics, logger, maxConnections = DEF
   // The API's own description (SPEC §14), readable without a token.
   let openapiText: string | undefined // built once, on first request: the routes are fixed by then
   app.get(OPENAPI_PATH, { config: { public: true } }, async (_request, reply) =>
-    reply.type('application/json; charset=utf-8').send(openapiText ??= JSON.stringify(app.swagger())))
+    reply.type('application/json; charset=utf-8').header('x-content-type-options', 'nosniff')
+      .send(openapiText ??= JSON.stringify(app.swagger())))
   app.get(DOCS_PATH, { config: { public: true } }, async (_request, reply) =>
-    reply.type('text/html; charset=utf-8').header('content-security-policy', DOCS_CSP).send(DOCS_HTML))
+    reply.type('text/html; charset=utf-8').headers(DOCS_HEADERS).send(DOCS_HTML))
 
   // SPEC §12: any account may list the cluster's live nodes and the IPs each owns.
   app.get('/v1/cluster', async (request) => {

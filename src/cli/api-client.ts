@@ -32,17 +32,29 @@ export interface ApiClientOptions {
 /** No answer of the API comes near this (a page of 1,000 services is a few MiB). */
 const MAX_ANSWER_BYTES = 64 << 20
 
-async function readCapped (res: Response, what: string): Promise<string> {
+async function readCapped (res: Response, what: string, timeoutMs: number): Promise<string> {
   if (res.body === null) return ''
   const chunks: Uint8Array[] = []
   let size = 0
-  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength
-    if (size > MAX_ANSWER_BYTES) {
-      await res.body.cancel().catch(() => {})
-      throw new TransportError(`${what}: answer larger than ${MAX_ANSWER_BYTES} bytes`)
+  try {
+    for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+      size += chunk.byteLength
+      if (size > MAX_ANSWER_BYTES) {
+        await res.body.cancel().catch(() => {})
+        throw new TransportError(`${what}: answer larger than ${MAX_ANSWER_BYTES} bytes`)
+      }
+      chunks.push(chunk)
     }
-    chunks.push(chunk)
+  } catch (err) {
+    if (err instanceof TransportError) throw err
+    // The request's deadline covers the body: a server that trickles it ends here, with words
+    // instead of "This operation was aborted" or undici's "terminated".
+    const name = (err as Error).name
+    if (name === 'TimeoutError' || name === 'AbortError') {
+      throw new TransportError(`${what}: the answer did not complete within ${timeoutMs / 1000} s (${size} bytes came); try --request-timeout`)
+    }
+    const cause = (err as { cause?: { code?: string, message?: string } }).cause
+    throw new TransportError(`${what}: the answer was cut off after ${size} bytes (${cause?.code ?? cause?.message ?? (err as Error).message})`)
   }
   return Buffer.concat(chunks).toString('utf8')
 }
@@ -79,7 +91,7 @@ export class ApiClient {
       const why = cause?.code ?? cause?.message ?? (err as Error).message
       throw new TransportError(`cannot reach the control API at ${this.#base} (${why}); set --api or LINKGATE_API`)
     }
-    const text = await readCapped(res, `${method} ${url}`)
+    const text = await readCapped(res, `${method} ${url}`, this.#timeoutMs)
     let parsed: unknown
     if (text !== '') {
       try {
@@ -96,8 +108,8 @@ export class ApiClient {
     throw new TransportError(`${method} ${url}: HTTP ${res.status} without a linkgate error body`)
   }
 
-  /** Every item of a list route, page after page while the answer carries `nextToken`. */
-  async list (path: string): Promise<unknown[]> {
+  /** Every item of a list route, page after page while the answer carries `nextToken`; each must be a `kind`. */
+  async list (path: string, kind: 'object' | 'string' = 'object'): Promise<unknown[]> {
     const items: unknown[] = []
     const seen = new Set<string>()
     let token: string | undefined
@@ -106,7 +118,14 @@ export class ApiClient {
       const answer = await this.request('GET', token === undefined ? path : `${path}${sep}nextToken=${encodeURIComponent(token)}`)
       const body = answer as { items?: unknown, nextToken?: unknown }
       if (!Array.isArray(body?.items)) throw new TransportError(`GET ${path}: the answer has no items list`)
-      items.push(...body.items)
+      for (const item of body.items as unknown[]) {
+        const ok = kind === 'string' ? typeof item === 'string' : item !== null && typeof item === 'object' && !Array.isArray(item)
+        if (!ok) {
+          const shown = item === null ? 'null' : Array.isArray(item) ? 'a list' : typeof item
+          throw new TransportError(`GET ${path}: items[${items.length}] is ${shown}, not a ${kind === 'string' ? 'string' : 'resource'}`)
+        }
+        items.push(item)
+      }
       if (typeof body.nextToken !== 'string' || body.nextToken === '') return items
       // A server that hands back a token it gave before would loop forever.
       if (seen.has(body.nextToken)) throw new TransportError(`GET ${path}: the server repeated nextToken ${JSON.stringify(body.nextToken)}`)

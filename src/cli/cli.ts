@@ -6,7 +6,7 @@ import { readFile, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { ApiClient, ApiError, TransportError } from './api-client.ts'
-import { table, type Cell } from './table.ts'
+import { escapeControls, table, type Cell } from './table.ts'
 
 export const DEFAULT_API = 'http://127.0.0.1:8480'
 
@@ -28,7 +28,8 @@ export const CLI_USAGE = `control API client (--api URL or LINKGATE_API, default
   linkgate backends set-zone SERVICE_ID BACKEND_ID ZONE
   linkgate backends replace SERVICE_ID -f FILE|-          the whole backend list
 options: -o table|json|id|jsonpath={.FIELD}   table (default), the API's JSON, only the ids,
-         or one field per resource as kubectl's jsonpath prints it: -o jsonpath={.ip}, {.dnsNames[0]}`
+         or one field per resource as kubectl's jsonpath prints it: -o jsonpath={.ip}, {.dnsNames[0]}
+         --request-timeout SECONDS   per request, the answer's body included (default 30)`
 
 export const CLI_VERBS: ReadonlySet<string> = new Set(['get', 'create', 'patch', 'delete', 'accept', 'reject', 'allow', 'disallow', 'backends'])
 
@@ -63,13 +64,14 @@ const OPTIONS = {
   'no-private-dns': { type: 'boolean' },
   zone: { type: 'string' },
   weight: { type: 'string' },
+  'request-timeout': { type: 'string' },
   help: { type: 'boolean', short: 'h' }
 } as const
 
 type Values = { -readonly [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K] extends { multiple: true } ? string[] : (typeof OPTIONS)[K] extends { type: 'boolean' } ? boolean : string }
 type Output = 'table' | 'json' | 'id' | { readonly path: ReadonlyArray<string | number> }
 
-const GLOBAL = new Set(['api', 'token', 'output', 'help'])
+const GLOBAL = new Set(['api', 'token', 'output', 'help', 'request-timeout'])
 
 interface Ctx {
   readonly client: ApiClient
@@ -143,15 +145,31 @@ function pick (value: unknown, path: ReadonlyArray<string | number>): string {
   for (const key of path) at = at !== null && typeof at === 'object' ? (at as Record<string | number, unknown>)[key] : undefined
   if (at === undefined || at === null) return ''
   // One line per resource: a value never moves the terminal's cursor or adds a line.
-  return (typeof at === 'object' ? JSON.stringify(at) : String(at)).replace(/[\x00-\x1f\x7f]/g, '?')
+  return escapeControls(typeof at === 'object' ? JSON.stringify(at) : String(at))
 }
+
+/**
+ * What JSON.stringify leaves raw but a terminal acts on (DEL, C1, bidi controls); its C0
+ * escapes are already \u00XX, and the newlines it adds are layout. \uXXXX is valid JSON for the same value.
+ */
+const JSON_CONTROL = /[\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g
 
 /** Prints one answer in the chosen form; `ids` says what `-o id` prints. */
 function show<T> (ctx: Ctx, answer: T, render: (a: T) => string, ids: (a: T) => readonly string[]): void {
   const out = ctx.output
-  if (out === 'json') ctx.io.stdout(JSON.stringify(answer, null, 2) + '\n')
-  else if (out === 'id') ctx.io.stdout(ids(answer).map((id) => id + '\n').join(''))
-  else if (out === 'table') ctx.io.stdout(render(answer))
+  if (out === 'json') {
+    ctx.io.stdout(JSON.stringify(answer, null, 2).replace(JSON_CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) + '\n')
+    return
+  }
+  let text: string
+  try {
+    // The tables read fields a linkgate always sends; another server's answer may lack them.
+    text = out === 'id' ? ids(answer).map((id) => escapeControls(String(id)) + '\n').join('') : out === 'table' ? render(answer) : ''
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err
+    throw new TransportError('the answer does not have the shape of a linkgate resource; is --api a linkgate control API?')
+  }
+  if (out === 'id' || out === 'table') ctx.io.stdout(text)
   else {
     // A list prints one line per item, a single resource one line.
     const items = (answer as { items?: unknown }).items
@@ -268,7 +286,7 @@ async function get (ctx: Ctx, positionals: string[]): Promise<void> {
     }
     case 'allowed-account': case 'allowed-accounts': {
       const [serviceId] = args(rest, ['SERVICE_ID'])
-      showList(ctx, await c.list(`/v1/endpoint-services/${seg(serviceId as string)}/allowed-accounts`) as string[], accountTable, (a) => a)
+      showList(ctx, await c.list(`/v1/endpoint-services/${seg(serviceId as string)}/allowed-accounts`, 'string') as string[], accountTable, (a) => a)
       return
     }
     case 'available-service': case 'available-services': {
@@ -474,7 +492,15 @@ export async function runCli (argv: readonly string[], io: CliIo): Promise<numbe
     const token = values.token ?? io.env.LINKGATE_TOKEN ?? ''
     if (token === '') throw usage('no token: pass --token TOKEN or set LINKGATE_TOKEN')
     if (/[\r\n]/.test(token)) throw usage('--token: must be one line')
-    const client = new ApiClient({ api: url.href, token })
+    let timeoutMs: number | undefined
+    if (values['request-timeout'] !== undefined) {
+      const seconds = Number(values['request-timeout'])
+      if (!/^\d+(\.\d+)?$/.test(values['request-timeout']) || seconds <= 0 || seconds > 3600) {
+        throw usage(`--request-timeout ${JSON.stringify(values['request-timeout'])}: expected seconds, more than 0 and at most 3600`)
+      }
+      timeoutMs = Math.round(seconds * 1000)
+    }
+    const client = new ApiClient({ api: url.href, token, ...(timeoutMs === undefined ? {} : { timeoutMs }) })
     await dispatch({ client, output, values, io }, verb ?? '', rest)
     return 0
   } catch (err) {
@@ -500,7 +526,7 @@ export async function runCli (argv: readonly string[], io: CliIo): Promise<numbe
  * retitle, clear or recolour the terminal, CR, BEL) are shown as \uXXXX escapes.
  */
 function printable (text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  return escapeControls(text)
 }
 
 /** The process's own streams and environment. */

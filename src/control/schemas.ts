@@ -167,6 +167,9 @@ export const ConfigSchema = Type.Object({
     maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000000 })),
     connectTimeoutMs: Type.Integer({ minimum: 1, maximum: 60000, default: 3000 }),
     tcpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 350 }),
+    // Idle limit of a pair once one side sent its FIN (HAProxy's timeout client-fin/server-fin);
+    // capped by tcpIdleTimeoutSeconds. README "Limits and failure behaviour".
+    tcpHalfCloseTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 30 }),
     udpIdleTimeoutSeconds: Type.Number({ minimum: 0.1, maximum: 86400, default: 120 }),
     shutdownGraceSeconds: Type.Number({ minimum: 0, maximum: 3600, default: 10 }),
     // SPEC §10: open control-API connections; past it an idle one is closed to make room.

@@ -55,6 +55,8 @@ const READ_BUFFER_SIZE = 32 * 1024
  * session with a 32 KiB buffer each, 7.3 with 512 bytes, 8.5 with 2 KiB.
  */
 const FIRST_READ_BUFFER_SIZE = 512
+/** limits.tcpHalfCloseTimeoutSeconds when a caller's limits predate it (schemas.ts holds the default). */
+const DEFAULT_HALF_CLOSE_SECONDS = 30
 /** Longest gap between two idle sweeps; shorter idle timeouts sweep 4 times per period. */
 const MAX_SWEEP_INTERVAL_MS = 1000
 
@@ -68,6 +70,8 @@ class TcpListener implements ProxyListener {
   readonly ctx: ListenerContext
   readonly pairs = new Set<TcpPair>()
   readonly idleMs: number
+  /** Idle limit once one side has sent its FIN (limits.tcpHalfCloseTimeoutSeconds, at most idleMs). */
+  readonly halfClosedIdleMs: number
   readonly connectTimeoutMs: number
   readonly connections: Child<Metrics['connectionsTotal']>
   readonly connectDuration: Child<Metrics['backendConnectDuration']>
@@ -108,8 +112,9 @@ class TcpListener implements ProxyListener {
     this.ctx = ctx
     const { runtime, mapping, metrics, limits } = ctx
     this.idleMs = Math.round(limits.tcpIdleTimeoutSeconds * 1000)
+    this.halfClosedIdleMs = Math.min(this.idleMs, Math.round((limits.tcpHalfCloseTimeoutSeconds ?? DEFAULT_HALF_CLOSE_SECONDS) * 1000))
     this.connectTimeoutMs = limits.connectTimeoutMs
-    this.#sweepIntervalMs = Math.max(10, Math.min(MAX_SWEEP_INTERVAL_MS, Math.floor(this.idleMs / 4)))
+    this.#sweepIntervalMs = Math.max(10, Math.min(MAX_SWEEP_INTERVAL_MS, Math.floor(this.halfClosedIdleMs / 4)))
     this.connections = runtime.connectionsCounter('TCP', mapping.terminalPort)
     this.connectDuration = metrics.backendConnectDuration.labels({ service_id: runtime.service.id })
     // pauseOnConnect: nothing is read from the client before a backend is there to take it.
@@ -273,7 +278,7 @@ class TcpListener implements ProxyListener {
 
   readonly #sweep = (): void => {
     const now = performance.now()
-    for (const pair of this.pairs) pair.checkIdle(now, this.idleMs)
+    for (const pair of this.pairs) pair.checkIdle(now, this.idleMs, this.halfClosedIdleMs)
   }
 
   #stopTimers (): void {
@@ -481,14 +486,19 @@ class TcpPair {
     if (this.#state === CONNECTING && this.#attempts === attempt && this.#backend !== null) this.#attemptFailed('timeout')
   }
 
-  /** Called by the listener's sweep: close the pair when no byte moved for `idleMs`. */
-  checkIdle (now: number, idleMs: number): void {
+  /**
+   * Called by the listener's sweep: close the pair when no byte moved for `idleMs`, or for
+   * `halfClosedIdleMs` once either side has sent its FIN — HAProxy's `timeout client-fin` /
+   * `server-fin`: a peer that half-closed and then went silent (or vanished without a RST) must
+   * not hold a connection and a descriptor pair for the whole idle timeout.
+   */
+  checkIdle (now: number, idleMs: number, halfClosedIdleMs: number): void {
     if (this.#state !== OPEN) return
     const total = this.#bytesToBackend + this.#bytesToClient
     if (total !== this.#idleMark) {
       this.#idleMark = total
       this.#activeAt = now
-    } else if (now - this.#activeAt >= idleMs) {
+    } else if (now - this.#activeAt >= (this.#clientEnded || this.#backendEnded ? halfClosedIdleMs : idleMs)) {
       this.destroy('idle')
     }
   }
@@ -685,7 +695,8 @@ class TcpPair {
     const listener = this.#listener
     listener.ctx.runtime.release()
     if (this.#admitted) this.#stats.active--
-    listener.writeAccessLog(this.#clientAddress, this.#clientPort, this.#admitted ? this.#peer : null,
+    // connect_failed names the backend tried last (review finding: the line had no backend at all).
+    listener.writeAccessLog(this.#clientAddress, this.#clientPort, this.#admitted || this.#reason === 'connect_failed' ? this.#peer : null,
       this.#bytesToBackend, this.#bytesToClient, Math.round(performance.now() - this.#startedAt), this.#reason ?? 'client')
     listener.pairFinished(this)
   }

@@ -32,7 +32,7 @@ export interface ApiHarness {
 
 interface Teardown { teardown (fn: () => unknown): void }
 
-export async function startApi (t: Teardown, partial: Record<string, unknown> = {}): Promise<ApiHarness> {
+export async function startApi (t: Teardown, partial: Record<string, unknown> = {}, host = '127.0.0.1'): Promise<ApiHarness> {
   const dir = await mkdtemp(join(tmpdir(), 'linkgate-api-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const config = buildConfig({
@@ -48,10 +48,10 @@ export async function startApi (t: Teardown, partial: Record<string, unknown> = 
   const control = new ControlPlane(config, store, new UpstreamState())
   const metrics = createMetrics(new Registry(), { defaultMetrics: false })
   const app = buildApiServer({ control, metrics, logger: pino({ level: 'silent' }) })
-  await app.listen({ host: '127.0.0.1', port: 0 })
+  await app.listen({ host, port: 0 })
   t.teardown(() => app.close())
   const { port } = app.server.address() as AddressInfo
-  const url = `http://127.0.0.1:${port}`
+  const url = `http://${host}:${port}`
   return {
     url,
     store,
