@@ -74,6 +74,7 @@ export class WorkerPool {
   /** A thread with the worker's modules loaded, waiting to replace a dead worker (or null). */
   #spare: Worker | null = null
   #spareLoaded = false
+  #spareListeners: () => void = () => {}
   readonly #useSpare: boolean
 
   constructor (opts: WorkerPoolOptions) {
@@ -123,15 +124,24 @@ export class WorkerPool {
     const spare = new Worker(ENTRY, { workerData: { spare: true } satisfies SpareData, name: 'linkgate-dataplane-spare' })
     this.#spare = spare
     this.#spareLoaded = false
-    spare.on('message', (m: FromWorker) => { if (m.type === 'spareLoaded' && this.#spare === spare) this.#spareLoaded = true })
+    const loaded = (m: FromWorker): void => { if (m.type === 'spareLoaded' && this.#spare === spare) this.#spareLoaded = true }
     // A spare that fails to load is not replaced: restarts then start a thread from scratch.
     const gone = (err?: unknown): void => {
       if (this.#spare !== spare) return
       this.#spare = null
       if (!this.#closing) this.#opts.logger.warn({ err }, 'the spare data-plane worker ended; restarts will start a new thread')
     }
+    const exited = (): void => { gone() }
+    spare.on('message', loaded)
     spare.on('error', gone)
-    spare.on('exit', () => { gone() })
+    spare.on('exit', exited)
+    // Only our own listeners go when the spare takes over: removeAllListeners() would also take
+    // the Worker's internal ones (its message port's ref handling) and the takeover then hangs.
+    this.#spareListeners = () => {
+      spare.off('message', loaded)
+      spare.off('error', gone)
+      spare.off('exit', exited)
+    }
   }
 
   /** The spare, taken out of its waiting role (its listeners removed), or a new thread. */
@@ -139,7 +149,7 @@ export class WorkerPool {
     const spare = this.#spare
     if (spare !== null) {
       this.#spare = null
-      spare.removeAllListeners()
+      this.#spareListeners()
       spare.postMessage({ type: 'activate', data } satisfies ToWorker)
       return spare
     }
